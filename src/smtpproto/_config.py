@@ -1,0 +1,77 @@
+"""ServerConfig: everything that shapes a session's behaviour, fixed for the life of a connection."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["LineEndings", "ServerConfig"]
+
+
+class LineEndings(enum.Enum):
+    """What to do with a bare CR or bare LF, in command lines and in message data.
+
+    Bare line endings are how SMTP smuggling works: two servers that disagree on where a line (and so the
+    message) ends can be made to see a second, forged message.
+    """
+
+    #: Only CRLF ends a line. A command line with a bare CR or LF gets ``500 5.5.2``; a message with one is read
+    #: to its real ``CRLF.CRLF`` terminator and then refused with ``550 5.5.2``.
+    REJECT = "reject"
+    #: A bare LF or CR is turned into CRLF, in commands and in message data. Only ``CRLF.CRLF`` ends DATA.
+    NORMALIZE = "normalize"
+    #: Bare CR and LF pass through as message content (a bare LF also ends a command line). Only ``CRLF.CRLF``
+    #: ends DATA. This is what most servers do, and it hands the ambiguity on to whoever relays the message.
+    ALLOW = "allow"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """The configuration of one server session. Immutable; share one instance between connections."""
+
+    #: The name the server gives in its greeting and EHLO reply.
+    hostname: str = "localhost"
+    #: Extra text after ``ESMTP`` (or ``LMTP``) in the greeting.
+    banner: str = ""
+    #: Speak LMTP (RFC 2033): LHLO instead of HELO/EHLO, one reply per recipient after DATA.
+    lmtp: bool = False
+    #: Greet with ``554`` and refuse every command but QUIT (RFC 5321 §3.1).
+    refuse_service: bool = False
+
+    #: Largest message accepted, in octets after dot-unstuffing; ``None`` for no limit.
+    max_message_size: int | None = None
+    #: Longest command line, in octets with its CRLF (RFC 5321 allows 512; extensions add to it).
+    max_command_line: int = 2048
+    #: Most recipients per message; further RCPTs get ``452 4.5.3`` (RFC 5321 demands at least 100).
+    max_recipients: int = 100
+    #: Client errors (unknown commands, syntax and sequence errors) before ``421 4.7.0`` and close.
+    max_errors: int = 20
+    #: Commands allowed before authenticating when ``auth_required``; then ``421 4.7.0`` and close.
+    max_unauthenticated_commands: int = 10
+    #: How bare CR and LF are handled in commands and data.
+    line_endings: LineEndings = LineEndings.REJECT
+
+    #: MAIL, RCPT and DATA need a successful AUTH first (``530 5.7.0``).
+    auth_required: bool = False
+
+    #: Commands (upper case) answered as unknown and dropped from the EHLO reply, e.g. ``{"VRFY"}``.
+    disabled_commands: frozenset[str] = frozenset()
+    hide_pipelining: bool = False
+    hide_8bitmime: bool = False
+    hide_smtputf8: bool = False
+    hide_enhanced_status_codes: bool = False
+    hide_dsn: bool = False
+    #: Advertise ``SIZE`` without a number (the declared SIZE is then not checked at MAIL).
+    hide_size: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_command_line < 512:
+            raise ValueError("max_command_line must be at least 512 (RFC 5321 §4.5.3.1.4)")
+        if self.max_message_size is not None and self.max_message_size < 0:
+            raise ValueError("max_message_size must be >= 0 or None")
+        if self.max_recipients < 1 or self.max_errors < 1 or self.max_unauthenticated_commands < 1:
+            raise ValueError("limits must be at least 1")
+        if any(c != c.upper() for c in self.disabled_commands):
+            raise ValueError("disabled_commands must be upper case")
+        if any(c in self.hostname for c in " \r\n\x00") or not self.hostname:
+            raise ValueError(f"bad hostname {self.hostname!r}")

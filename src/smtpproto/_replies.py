@@ -1,0 +1,70 @@
+"""The one object applications send: :class:`Reply`, and how replies become bytes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Reply"]
+
+_ENHANCED_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+# RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its CRLF; keep text well under that.
+MAX_TEXT_LINE = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An SMTP reply: a three-digit ``code``, one or more lines of ``text`` and an optional enhanced code.
+
+    ``text`` is a single line or a tuple of lines (a multi-line reply). Validation happens here, at the trust
+    boundary, so an application can never put a second reply on the wire: codes must be 200–599, text may not
+    contain CR, LF or NUL, and ``enhanced`` (RFC 3463, e.g. ``"5.1.1"``) must agree with the code's class.
+
+    ``enhanced=None`` on a 2xx/4xx/5xx reply lets the connection fill in a default from the code when
+    enhanced status codes are enabled.
+    """
+
+    code: int
+    text: str | tuple[str, ...] = ""
+    enhanced: str | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.code) is not int or not 200 <= self.code <= 599:
+            raise ValueError(f"reply code must be an int in 200..599, not {self.code!r}")
+        lines = (self.text,) if isinstance(self.text, str) else self.text
+        if not lines:
+            raise ValueError("a multi-line reply needs at least one line")
+        for line in lines:
+            if not isinstance(line, str):
+                raise TypeError(f"reply text lines must be str, not {type(line).__name__}")
+            if "\r" in line or "\n" in line or "\x00" in line:
+                raise ValueError(f"reply text may not contain CR, LF or NUL: {line!r}")
+            if len(line) > MAX_TEXT_LINE:
+                raise ValueError(f"reply text lines are limited to {MAX_TEXT_LINE} characters")
+        if self.enhanced is not None:
+            if not _ENHANCED_RE.fullmatch(self.enhanced):
+                raise ValueError(f"not an enhanced status code: {self.enhanced!r}")
+            if self.code // 100 == 3:
+                raise ValueError("3xx replies carry no enhanced status code (RFC 2034 §4)")
+            if self.enhanced[0] != str(self.code)[0]:
+                raise ValueError(f"enhanced code {self.enhanced} disagrees with reply code {self.code}")
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        """The text as a tuple of lines."""
+        return (self.text,) if isinstance(self.text, str) else self.text
+
+    @property
+    def is_positive(self) -> bool:
+        """True for 2xx and 3xx replies."""
+        return self.code < 400
+
+    def to_bytes(self, *, enhanced: bool = True) -> bytes:
+        """Render the reply as it goes on the wire; ``enhanced=False`` leaves the enhanced code out."""
+        code = str(self.code)
+        prefix = f"{self.enhanced} " if enhanced and self.enhanced else ""
+        lines = self.lines
+        last = len(lines) - 1
+        return "".join(
+            f"{code}{' ' if i == last else '-'}{prefix}{line}\r\n" for i, line in enumerate(lines)
+        ).encode("utf-8")

@@ -47,7 +47,9 @@ class Reply:
             if self.code // 100 == 3:
                 raise ValueError("3xx replies carry no enhanced status code (RFC 2034 §4)")
             if self.enhanced[0] != str(self.code)[0]:
-                raise ValueError(f"enhanced code {self.enhanced} disagrees with reply code {self.code}")
+                raise ValueError(
+                    f"enhanced code {self.enhanced} disagrees with reply code {self.code}"
+                )
 
     @property
     def lines(self) -> tuple[str, ...]:

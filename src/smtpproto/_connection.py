@@ -1,0 +1,517 @@
+"""ServerConnection: one SMTP/LMTP session seen from the server, as a pure state machine.
+
+Bytes go in with :meth:`ServerConnection.receive_data`, events come out of :meth:`ServerConnection.next_event`,
+replies go in with :meth:`ServerConnection.send` and bytes come out of :meth:`ServerConnection.data_to_send`.
+Nothing here touches a socket, a clock or a thread.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Final, Literal, TypeAlias
+
+from ._commands import CommandError, Extensions, parse_mail, parse_rcpt, split_command
+from ._config import LineEndings, ServerConfig
+from ._data import DotReader
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._events import (
+    NEED_DATA,
+    PAUSED,
+    ConnectionClosed,
+    DataChunk,
+    DataEnd,
+    DataStart,
+    Event,
+    Hello,
+    MailFrom,
+    Quit,
+    RcptTo,
+    Reset,
+    Sentinel,
+    Verify,
+)
+from ._extensions import capabilities, enhanced_codes, smtputf8_offered
+from ._receivebuffer import ReceiveBuffer
+from ._replies import Reply
+from ._state import NOT_IMPLEMENTED, Command, SessionState, sequence_error, transition
+
+__all__ = ["ServerConnection"]
+
+_S = SessionState
+_TRANSACTION_STATES = frozenset({_S.SENDER, _S.RECIPIENTS, _S.DATA})
+_HTTP_RE = re.compile(
+    r"(?i)(?:GET|HEAD|POST|PUT|DELETE|OPTIONS|TRACE|CONNECT|PATCH) \S+ HTTP/\d(?:\.\d)?"
+)
+_HOSTNAME_BAD_RE = re.compile(r"[\x00-\x20\x7f-\x9f\u200b\u2060\ufeff]")
+
+
+class _Again:
+    """Marker: a reader made progress without producing an event; run it again."""
+
+
+_AGAIN: Final = _Again()
+_ReadResult: TypeAlias = "Event | _Again | None"
+DecisionEvent: TypeAlias = MailFrom | RcptTo | DataStart | DataEnd | Verify
+
+# The standard answers of each decision event: (accept, reject).
+_STANDARD_REPLIES: dict[type[DecisionEvent], tuple[Reply, Reply]] = {
+    MailFrom: (Reply(250, "Sender accepted", "2.1.0"), Reply(550, "Sender rejected", "5.7.1")),
+    RcptTo: (Reply(250, "Recipient accepted", "2.1.5"), Reply(550, "Mailbox unavailable", "5.1.1")),
+    DataStart: (
+        Reply(354, "End data with <CR><LF>.<CR><LF>"),
+        Reply(554, "Transaction failed", "5.5.0"),
+    ),
+    DataEnd: (Reply(250, "Message accepted", "2.0.0"), Reply(554, "Message refused", "5.7.1")),
+    Verify: (
+        Reply(252, "Cannot VRFY user, but will accept message and attempt delivery", "2.0.0"),
+        Reply(550, "Mailbox unavailable", "5.1.1"),
+    ),
+}
+
+
+class ServerConnection:
+    """The server side of one SMTP or LMTP session.
+
+    The greeting is queued as soon as the connection is made; send it with :meth:`data_to_send`. Then loop:
+    call :meth:`next_event`; on :data:`NEED_DATA` flush :meth:`data_to_send` and feed :meth:`receive_data`;
+    on a decision event (:class:`MailFrom`, :class:`RcptTo`, :class:`DataStart`, :class:`DataEnd`,
+    :class:`Verify`) answer with :meth:`send`, :meth:`accept` or :meth:`reject`; on
+    :class:`ConnectionClosed` flush and close. A :class:`RemoteProtocolError` from :meth:`next_event` means
+    the peer broke the protocol beyond repair: its reply is already queued — flush and close.
+    """
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config: Final = config if config is not None else ServerConfig()
+        cfg = self.config
+        self._buffer = ReceiveBuffer()
+        self._out: list[bytes] = []
+        self._enhanced = enhanced_codes(cfg)
+        self._line_end = b"\r\n" if cfg.line_endings is LineEndings.REJECT else b"\n"
+        self._extensions = Extensions(
+            size_limit=cfg.max_message_size,
+            check_size=not cfg.hide_size,
+            eightbitmime=not cfg.hide_8bitmime,
+            smtputf8=smtputf8_offered(cfg),
+            dsn=not cfg.hide_dsn,
+            secure=False,
+        )
+        self._reader: Callable[[], _ReadResult] = self._read_command
+        self._state = _S.REFUSED if cfg.refuse_service else _S.GREETED
+        self._eof = False
+        self._aborted = False
+        self._fatal: RemoteProtocolError | None = None
+        # The decision waiting for the application, how many replies it still needs, and where an
+        # accepted answer leads.
+        self._awaiting: DecisionEvent | None = None
+        self._replies_owed = 0
+        self._on_accept = self._state
+        # Counters for the limits.
+        self._errors = 0
+        self._unauthenticated_commands = 0
+        self._authenticated = False
+        self._discarding_line = False
+        # The open transaction.
+        self._transaction_utf8 = False
+        self._recipients = 0
+        self._dot: DotReader | None = None
+        self._data_size = 0
+        self._data_finished = False
+
+        mode = "LMTP" if cfg.lmtp else "ESMTP"
+        if cfg.refuse_service:
+            self._queue(Reply(554, f"{cfg.hostname} No SMTP service here", "5.7.1"))
+        else:
+            self._queue(Reply(220, f"{cfg.hostname} {mode} {cfg.banner}".rstrip()))
+
+    # -- public API ---------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        """Where the session is in the mail transaction."""
+        return self._state
+
+    @property
+    def awaiting(self) -> DecisionEvent | None:
+        """The decision event waiting for the application's reply, if any."""
+        return self._awaiting
+
+    @property
+    def replies_owed(self) -> int:
+        """How many replies the awaited decision still needs (LMTP's DataEnd needs one per recipient)."""
+        return self._replies_owed
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes received from the client; ``b""`` means the client closed its side."""
+        if self._eof:
+            if data:
+                raise RuntimeError("received data after the end of the stream")
+            return
+        if not data:
+            self._eof = True
+        elif self._state is not _S.CLOSED:  # nothing is read after QUIT or a 421
+            self._buffer.append(data)
+
+    def data_to_send(self) -> bytes:
+        """The bytes to write to the client now (possibly empty)."""
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def next_event(self) -> Event | Literal[Sentinel.NEED_DATA, Sentinel.PAUSED]:
+        """Process buffered input up to the next event.
+
+        Returns an event, :data:`PAUSED` while a decision waits for the application, or :data:`NEED_DATA`
+        when every buffered byte is processed. Raises :class:`RemoteProtocolError` (with its reply queued)
+        when the session must end because of the peer.
+        """
+        if self._fatal is not None:
+            error, self._fatal = self._fatal, None
+            raise error
+        if self._awaiting is not None:
+            return PAUSED
+        while self._state is not _S.CLOSED:
+            result = self._reader()
+            if isinstance(result, _Again):
+                continue
+            if result is not None:
+                return result
+            if not self._eof:
+                return NEED_DATA
+            # The peer is gone: whatever is half-received is dropped, never executed.
+            self._aborted = self._state in _TRANSACTION_STATES
+            self._state = _S.CLOSED
+        return ConnectionClosed(transaction_aborted=self._aborted)
+
+    def send(self, reply: Reply) -> None:
+        """Answer the decision event that is waiting (see :attr:`awaiting`)."""
+        event = self._awaiting
+        if event is None:
+            raise LocalProtocolError("no reply is due: wait for a decision event")
+        if isinstance(event, DataStart):
+            if reply.code != 354 and reply.code < 400:
+                raise LocalProtocolError("DataStart takes 354 (accept) or a 4xx/5xx reply")
+        elif reply.code // 100 == 3:
+            raise LocalProtocolError(f"a 3xx reply does not answer {type(event).__name__}")
+        accepted = reply.code < 400
+        if isinstance(event, DataStart) and not accepted and self._buffer:
+            # The client sent text behind a DATA that is now refused: it would run as commands (SMUG-07).
+            self._sync_error()
+            return
+        self._queue(self._with_enhanced(reply, event))
+        self._replies_owed -= 1
+        if isinstance(event, MailFrom) and accepted:
+            self._transaction_utf8 = event.args.get("SMTPUTF8") is True
+        elif isinstance(event, RcptTo) and accepted:
+            self._recipients += 1
+        if self._replies_owed:
+            return
+        self._awaiting = None
+        if isinstance(event, DataEnd):
+            self._end_transaction(_S.READY)
+        elif accepted and not isinstance(event, Verify):
+            self._state = self._on_accept
+            if isinstance(event, DataStart):
+                self._start_data()
+
+    def accept(self) -> None:
+        """Answer the waiting decision with its standard positive reply (e.g. ``250 2.1.0``, ``354``)."""
+        self.send(_STANDARD_REPLIES[type(self._require_awaiting())][0])
+
+    def reject(
+        self, code: int | None = None, text: str | None = None, enhanced: str | None = None
+    ) -> None:
+        """Answer the waiting decision with a refusal; the defaults are the event's standard one."""
+        standard = _STANDARD_REPLIES[type(self._require_awaiting())][1]
+        code = standard.code if code is None else code
+        if text is None:
+            text = standard.text if isinstance(standard.text, str) else standard.text[0]
+        if enhanced is None and code == standard.code:
+            enhanced = standard.enhanced
+        self.send(Reply(code, text, enhanced))
+
+    def shutdown(self, reply: Reply | None = None) -> None:
+        """End the session from the server's side (shutdown, idle timeout): queue a 421 and close.
+
+        Any decision still waiting is dropped, and an open transaction counts as aborted.
+        """
+        if self._state is _S.CLOSED:
+            return
+        self._queue(reply or Reply(421, f"{self.config.hostname} Service shutting down", "4.3.2"))
+        self._aborted = self._state in _TRANSACTION_STATES
+        self._awaiting = None
+        self._replies_owed = 0
+        self._state = _S.CLOSED
+
+    # -- output -------------------------------------------------------------------------------------------
+
+    def _queue(self, reply: Reply) -> None:
+        self._out.append(reply.to_bytes(enhanced=self._enhanced))
+
+    def _with_enhanced(self, reply: Reply, event: DecisionEvent) -> Reply:
+        if reply.enhanced is not None or reply.code // 100 == 3:
+            return reply
+        klass = reply.code // 100
+        enhanced = _STANDARD_REPLIES[type(event)][0].enhanced if klass == 2 else f"{klass}.0.0"
+        return Reply(reply.code, reply.text, enhanced)
+
+    def _require_awaiting(self) -> DecisionEvent:
+        if self._awaiting is None:
+            raise LocalProtocolError("no reply is due: wait for a decision event")
+        return self._awaiting
+
+    def _decide(
+        self, event: DecisionEvent, on_accept: SessionState, replies: int = 1
+    ) -> DecisionEvent:
+        self._awaiting = event
+        self._replies_owed = replies
+        self._on_accept = on_accept
+        return event
+
+    def _error(self, reply: Reply) -> _Again:
+        """Answer a client mistake, counting it against the error limit."""
+        self._errors += 1
+        if self._errors >= self.config.max_errors:
+            self._fail(
+                Reply(421, f"{self.config.hostname} Too many errors, closing connection", "4.7.0")
+            )
+        self._queue(reply)
+        return _AGAIN
+
+    def _fail(self, reply: Reply) -> None:
+        """End the session because of the peer: queue ``reply`` and raise."""
+        self._queue(reply)
+        self._aborted = self._state in _TRANSACTION_STATES
+        self._state = _S.CLOSED
+        raise RemoteProtocolError(str(reply.text), reply)
+
+    def _sync_error(self) -> None:
+        reply = Reply(
+            554, "SMTP protocol synchronization error (text pipelined after DATA)", "5.5.0"
+        )
+        self._awaiting = None
+        self._replies_owed = 0
+        self._queue(reply)
+        self._aborted = self._state in _TRANSACTION_STATES
+        self._state = _S.CLOSED
+        self._fatal = RemoteProtocolError(str(reply.text), reply)
+
+    # -- command mode -------------------------------------------------------------------------------------
+
+    def _read_command(self) -> _ReadResult:
+        line = self._buffer.take_line(self._line_end)
+        limit = self.config.max_command_line
+        if line is None:
+            if len(self._buffer) > limit:
+                # Bound memory while a runaway line goes on; keep a CR that may start the CRLF.
+                self._buffer.discard(keep_tail=1 if self._buffer.data.endswith(b"\r") else 0)
+                self._discarding_line = True
+            return None
+        if self._discarding_line or len(line) + 2 > limit:
+            self._discarding_line = False
+            return self._error(Reply(500, "Line too long", "5.5.6"))
+        if self._line_end == b"\n" and line.endswith(b"\r"):
+            line = line[:-1]
+        if self.config.line_endings is LineEndings.REJECT and (b"\n" in line or b"\r" in line):
+            return self._error(Reply(500, "Bare CR or LF in command line", "5.5.2"))
+        text = line.decode("ascii") if line.isascii() else line.decode("utf-8", "surrogateescape")
+        return self._dispatch(text)
+
+    def _dispatch(self, line: str) -> _ReadResult:
+        verb, argument = split_command(line)
+        command = Command.__members__.get(verb) if verb else None
+        if command is None or not self._enabled(command):
+            if _HTTP_RE.fullmatch(line):
+                self._fail(Reply(421, "HTTP requests not allowed", "4.7.0"))
+            return self._error(Reply(500, "Command not recognized", "5.5.2"))
+        if command in NOT_IMPLEMENTED:
+            return self._error(Reply(502, f"{command.value} not implemented", "5.5.1"))
+        if self.config.auth_required and not self._authenticated:
+            self._unauthenticated_commands += 1
+            if self._unauthenticated_commands >= self.config.max_unauthenticated_commands:
+                self._fail(Reply(421, "Too many unauthenticated commands", "4.7.0"))
+        after = transition(self._state, command)
+        if after is None:
+            if command is Command.DATA and self._buffer:
+                self._sync_error()
+                return _AGAIN
+            return self._error(Reply(503, sequence_error(self._state, command), "5.5.1"))
+        if not argument.isascii() and _has_surrogates(argument):
+            enhanced = {Command.MAIL: "5.1.7", Command.RCPT: "5.1.3"}.get(command, "5.5.2")
+            return self._error(Reply(501, "Invalid UTF-8 in command", enhanced))
+        return self._HANDLERS[command](self, argument, after)
+
+    def _enabled(self, command: Command) -> bool:
+        if command.value in self.config.disabled_commands:
+            return False
+        if command in (Command.HELO, Command.EHLO):
+            return not self.config.lmtp
+        if command is Command.LHLO:
+            return self.config.lmtp
+        return True
+
+    def _no_argument(self, argument: str, command: str) -> Reply | None:
+        return Reply(501, f"Syntax: {command} (no arguments)", "5.5.4") if argument else None
+
+    def _hello(self, command: str, argument: str) -> _ReadResult:
+        hostname = argument.strip(" ").split(" ", 1)[0]
+        if not hostname:
+            return self._error(Reply(501, f"Syntax: {command} hostname", "5.5.4"))
+        if len(hostname) > 255 or _HOSTNAME_BAD_RE.search(hostname):
+            return self._error(Reply(501, "Bad hostname syntax", "5.5.4"))
+        self._end_transaction(_S.READY)
+        greeting = f"{self.config.hostname} Nice to meet you"
+        if command == "HELO":
+            # RFC 5321 §3.2: never the extension list to HELO; RFC 2034 §4: no enhanced code here.
+            self._out.append(Reply(250, greeting).to_bytes())
+        else:
+            self._out.append(Reply(250, (greeting, *capabilities(self.config))).to_bytes())
+        return Hello(command=command, hostname=hostname)
+
+    def _helo(self, argument: str, after: SessionState) -> _ReadResult:
+        return self._hello("HELO", argument)
+
+    def _ehlo(self, argument: str, after: SessionState) -> _ReadResult:
+        return self._hello("EHLO", argument)
+
+    def _lhlo(self, argument: str, after: SessionState) -> _ReadResult:
+        return self._hello("LHLO", argument)
+
+    def _mail(self, argument: str, after: SessionState) -> _ReadResult:
+        try:
+            parsed = parse_mail(argument, self._extensions)
+        except CommandError as exc:
+            return self._refuse(exc.reply)
+        return self._decide(MailFrom(address=parsed.address, args=MappingProxyType(parsed.args)), after)
+
+    def _rcpt(self, argument: str, after: SessionState) -> _ReadResult:
+        try:
+            parsed = parse_rcpt(argument, self._extensions, utf8=self._transaction_utf8)
+        except CommandError as exc:
+            return self._refuse(exc.reply)
+        if self._recipients >= self.config.max_recipients:
+            self._queue(Reply(452, "Too many recipients", "4.5.3"))
+            return _AGAIN
+        return self._decide(RcptTo(address=parsed.address, args=MappingProxyType(parsed.args)), after)
+
+    def _refuse(self, reply: Reply) -> _Again:
+        # Syntax errors count against the error limit; policy refusals (552 size, 530, 553) do not.
+        return self._error(reply) if reply.code in (500, 501) else self._queue_again(reply)
+
+    def _queue_again(self, reply: Reply) -> _Again:
+        self._queue(reply)
+        return _AGAIN
+
+    def _data(self, argument: str, after: SessionState) -> _ReadResult:
+        if error := self._no_argument(argument, "DATA"):
+            return self._error(error)
+        return self._decide(DataStart(), after)
+
+    def _rset(self, argument: str, after: SessionState) -> _ReadResult:
+        if error := self._no_argument(argument, "RSET"):
+            return self._error(error)
+        self._end_transaction(after)
+        self._queue(Reply(250, "Flushed", "2.0.0"))
+        return Reset()
+
+    def _noop(self, argument: str, after: SessionState) -> _ReadResult:
+        return self._queue_again(Reply(250, "OK", "2.0.0"))  # RFC 5321 §4.1.1.9: arguments ignored
+
+    def _quit(self, argument: str, after: SessionState) -> _ReadResult:
+        if error := self._no_argument(argument, "QUIT"):
+            return self._error(error)
+        self._queue(
+            Reply(221, f"{self.config.hostname} Service closing transmission channel", "2.0.0")
+        )
+        self._aborted = self._state in _TRANSACTION_STATES
+        self._state = _S.CLOSED
+        return Quit()
+
+    def _vrfy(self, argument: str, after: SessionState) -> _ReadResult:
+        if not argument.strip(" "):
+            return self._error(Reply(501, "Syntax: VRFY address", "5.5.4"))
+        return self._decide(Verify(argument=argument.strip(" ")), after)
+
+    def _help(self, argument: str, after: SessionState) -> _ReadResult:
+        return self._queue_again(Reply(214, "See RFC 5321 for the commands of SMTP", "2.0.0"))
+
+    def _starttls(self, argument: str, after: SessionState) -> _ReadResult:
+        if error := self._no_argument(argument, "STARTTLS"):
+            return self._error(error)
+        return self._queue_again(Reply(454, "TLS not available", "4.7.0"))
+
+    _HANDLERS: Final[
+        dict[Command, Callable[[ServerConnection, str, SessionState], _ReadResult]]
+    ] = {
+        Command.HELO: _helo,
+        Command.EHLO: _ehlo,
+        Command.LHLO: _lhlo,
+        Command.MAIL: _mail,
+        Command.RCPT: _rcpt,
+        Command.DATA: _data,
+        Command.RSET: _rset,
+        Command.NOOP: _noop,
+        Command.QUIT: _quit,
+        Command.VRFY: _vrfy,
+        Command.HELP: _help,
+        Command.STARTTLS: _starttls,
+    }
+
+    # -- data mode ----------------------------------------------------------------------------------------
+
+    def _start_data(self) -> None:
+        self._dot = DotReader(self.config.line_endings)
+        self._data_size = 0
+        self._data_finished = False
+        self._reader = self._read_data
+
+    def _read_data(self) -> _ReadResult:
+        dot = self._dot
+        assert dot is not None
+        if self._data_finished:
+            return self._end_data(dot)
+        content, self._data_finished = dot.read(self._buffer.data)
+        if content:
+            self._data_size += len(content)
+            if not self._data_refused(dot):
+                return DataChunk(data=content)
+        if self._data_finished:
+            return self._end_data(dot)
+        return _AGAIN if content else None
+
+    def _data_refused(self, dot: DotReader) -> bool:
+        limit = self.config.max_message_size
+        return (limit is not None and self._data_size > limit) or (
+            dot.bare_line_ending and self.config.line_endings is LineEndings.REJECT
+        )
+
+    def _end_data(self, dot: DotReader) -> DataEnd:
+        self._buffer.rescan()
+        self._reader = self._read_command
+        self._dot = None
+        limit = self.config.max_message_size
+        exceeded = limit is not None and self._data_size > limit
+        refusal = None
+        if exceeded:
+            refusal = Reply(552, f"Message exceeds fixed maximum message size {limit}", "5.3.4")
+        elif dot.bare_line_ending and self.config.line_endings is LineEndings.REJECT:
+            refusal = Reply(550, "Bare CR or LF in message data (possible SMTP smuggling)", "5.5.2")
+        replies = self._recipients if self.config.lmtp else 1
+        event = DataEnd(size=self._data_size, size_exceeded=exceeded, refusal=refusal)
+        if refusal is None:
+            self._decide(event, _S.READY, replies)
+            return event
+        for _ in range(replies):
+            self._queue(refusal)
+        self._end_transaction(_S.READY)
+        return event
+
+    def _end_transaction(self, state: SessionState) -> None:
+        self._state = state
+        self._recipients = 0
+        self._transaction_utf8 = False
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)

@@ -1,0 +1,126 @@
+"""Test helpers for driving a ServerConnection: an auto-answering loop and the whole/byte-wise/trailing check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import smtpproto
+from smtpproto import (
+    NEED_DATA,
+    PAUSED,
+    ConnectionClosed,
+    DataChunk,
+    DataEnd,
+    DataStart,
+    MailFrom,
+    RcptTo,
+    RemoteProtocolError,
+    Reply,
+    ServerConfig,
+    ServerConnection,
+    Verify,
+)
+
+Decider = Callable[[smtpproto.Event], Reply | list[Reply] | None]
+
+
+def accept_all(event: smtpproto.Event) -> None:
+    """The default decider: accept everything."""
+
+
+def drain(conn: ServerConnection, decide: Decider = accept_all) -> list[smtpproto.Event]:
+    """Run next_event until NEED_DATA or the end, answering decisions with ``decide`` (None = accept).
+
+    Returns the events seen; a RemoteProtocolError is recorded as the event list's last element.
+    """
+    events: list[smtpproto.Event] = []
+    while True:
+        try:
+            event = conn.next_event()
+        except RemoteProtocolError:
+            events.append(ConnectionClosed(transaction_aborted=False))
+            return events
+        if event is NEED_DATA:
+            return events
+        assert event is not PAUSED, "PAUSED without a pending decision"
+        events.append(event)
+        if isinstance(event, ConnectionClosed):
+            return events
+        if isinstance(event, MailFrom | RcptTo | DataStart | Verify) or (
+            isinstance(event, DataEnd) and event.refusal is None
+        ):
+            answer = decide(event)
+            if answer is None:
+                while conn.awaiting is not None:
+                    conn.accept()
+            elif isinstance(answer, Reply):
+                conn.send(answer)
+            else:
+                for reply in answer:
+                    conn.send(reply)
+
+
+def merge_chunks(events: Iterable[smtpproto.Event]) -> list[smtpproto.Event]:
+    """Join consecutive DataChunk events, so event lists compare independently of how input was split."""
+    merged: list[smtpproto.Event] = []
+    for event in events:
+        if isinstance(event, DataChunk) and merged and isinstance(merged[-1], DataChunk):
+            merged[-1] = DataChunk(data=merged[-1].data + event.data)
+        else:
+            merged.append(event)
+    return merged
+
+
+def run(
+    pieces: Iterable[bytes],
+    config: ServerConfig | None = None,
+    decide: Decider = accept_all,
+    *,
+    eof: bool = False,
+) -> tuple[bytes, list[smtpproto.Event]]:
+    """Feed ``pieces`` one at a time into a fresh connection; return (all output, merged events)."""
+    conn = ServerConnection(config)
+    out = [conn.data_to_send()]
+    events: list[smtpproto.Event] = []
+    for piece in pieces:
+        if events and isinstance(events[-1], ConnectionClosed):
+            break
+        conn.receive_data(piece)
+        events += drain(conn, decide)
+        out.append(conn.data_to_send())
+    if eof and not (events and isinstance(events[-1], ConnectionClosed)):
+        conn.receive_data(b"")
+        events += drain(conn, decide)
+        out.append(conn.data_to_send())
+    return b"".join(out), merge_chunks(events)
+
+
+def session(
+    data: bytes,
+    config: ServerConfig | None = None,
+    decide: Decider = accept_all,
+    *,
+    eof: bool = False,
+) -> tuple[bytes, list[smtpproto.Event]]:
+    """Run ``data`` whole, byte by byte, and in two halves at every eighth split; assert all agree."""
+    whole = run([data], config, decide, eof=eof)
+    bytewise = run([data[i : i + 1] for i in range(len(data))], config, decide, eof=eof)
+    assert bytewise == whole, "byte-at-a-time input changed the outcome"
+    for cut in range(1, len(data), 8):
+        assert run([data[:cut], data[cut:]], config, decide, eof=eof) == whole, f"split at {cut}"
+    return whole
+
+
+def replies(output: bytes) -> list[str]:
+    """Split server output into replies, each as 'code enhanced text' of its last line."""
+    lines = output.decode("utf-8").split("\r\n")
+    assert lines[-1] == "", "output must end with CRLF"
+    return [line for line in lines[:-1] if line[3:4] == " "]
+
+
+def codes(output: bytes) -> list[int]:
+    """The reply codes, one per reply (multi-line replies count once)."""
+    return [int(line[:3]) for line in replies(output)]
+
+
+GREETING_AND_EHLO = b"EHLO client.test\r\n"

@@ -57,6 +57,12 @@ class AddressError(ValueError):
         self.kind: _Kind = kind
 
 
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_SIMPLE_PATH_RE = re.compile(rf"<({_ATEXT}+(?:\.{_ATEXT}+)*)@{_LABEL}(?:\.{_LABEL})*>")
+_SIMPLE_SPLIT_RE = re.compile(r'<[^<>"]*>')
+
+
 def split_path(text: str) -> tuple[str, str]:
     """Split a ``MAIL``/``RCPT`` argument into the path and what follows it.
 
@@ -67,6 +73,11 @@ def split_path(text: str) -> tuple[str, str]:
 
     :raises AddressError: if ``text`` does not start with ``<`` or has no closing ``>``.
     """
+    # Fast path: no quotes in sight, so the first '>' closes the path.
+    simple = _SIMPLE_SPLIT_RE.match(text)
+    if simple:
+        end = simple.end()
+        return text[:end], text[end:]
     if not text.startswith("<"):
         raise AddressError("Path must start with '<'")
     quoted = False
@@ -97,6 +108,10 @@ def parse_path(path: str, *, null_ok: bool, postmaster_ok: bool, utf8: bool) -> 
 
     :raises AddressError: with ``kind="utf8"``, then ``"syntax"``, then ``"length"``, in that order.
     """
+    # Fast path for the everyday dot-atom@hostname mailbox; anything else takes the full grammar below.
+    simple = _SIMPLE_PATH_RE.fullmatch(path)
+    if simple and simple.end(1) <= MAX_LOCAL_PART + 1 and len(path) <= MAX_PATH:
+        return path[1:-1]
     _check_charset(path, utf8=utf8)
     if len(path) < 2 or path[0] != "<" or path[-1] != ">":
         raise AddressError("Path must be enclosed in '<' and '>'")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = ["Reply"]
 
@@ -63,6 +64,9 @@ class Reply:
 
     def to_bytes(self, *, enhanced: bool = True) -> bytes:
         """Render the reply as it goes on the wire; ``enhanced=False`` leaves the enhanced code out."""
+        return _render(self, enhanced)
+
+    def _render(self, enhanced: bool) -> bytes:
         code = str(self.code)
         prefix = f"{self.enhanced} " if enhanced and self.enhanced else ""
         lines = self.lines
@@ -70,3 +74,7 @@ class Reply:
         return "".join(
             f"{code}{' ' if i == last else '-'}{prefix}{line}\r\n" for i, line in enumerate(lines)
         ).encode("utf-8")
+
+
+# Most replies a server sends are the same few objects; render each once.
+_render = lru_cache(maxsize=512)(Reply._render)

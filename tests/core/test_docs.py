@@ -10,7 +10,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 def test_state_diagram_is_current() -> None:
     spec = importlib.util.spec_from_file_location("make_state_diagram", DOCS / "make_state_diagram.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     committed = (DOCS / "state-diagram.md").read_text(encoding="utf-8")

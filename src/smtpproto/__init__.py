@@ -5,11 +5,12 @@ events and the application's replies into bytes. It imports only the standard li
 """
 
 from ._config import LineEndings, ServerConfig
-from ._connection import ServerConnection
+from ._connection import ServerConnection, TLSDetails
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError, SMTPError
 from ._events import (
     NEED_DATA,
     PAUSED,
+    AuthRequest,
     ConnectionClosed,
     DataChunk,
     DataEnd,
@@ -17,11 +18,15 @@ from ._events import (
     Event,
     Hello,
     MailFrom,
+    ProxyHeader,
     Quit,
     RcptTo,
     Reset,
     Sentinel,
+    StartTLS,
     Verify,
+    XClient,
+    XForward,
 )
 from ._replies import Reply
 from ._state import Command, SessionState
@@ -30,6 +35,7 @@ from ._version import __version__
 __all__ = [
     "NEED_DATA",
     "PAUSED",
+    "AuthRequest",
     "Command",
     "ConnectionClosed",
     "DataChunk",
@@ -41,6 +47,7 @@ __all__ = [
     "LocalProtocolError",
     "MailFrom",
     "ProtocolError",
+    "ProxyHeader",
     "Quit",
     "RcptTo",
     "RemoteProtocolError",
@@ -51,6 +58,10 @@ __all__ = [
     "ServerConfig",
     "ServerConnection",
     "SessionState",
+    "StartTLS",
+    "TLSDetails",
     "Verify",
+    "XClient",
+    "XForward",
     "__version__",
 ]

@@ -57,9 +57,9 @@ class AddressError(ValueError):
         self.kind: _Kind = kind
 
 
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_ATEXT_CLASS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_SIMPLE_PATH_RE = re.compile(rf"<({_ATEXT}+(?:\.{_ATEXT}+)*)@{_LABEL}(?:\.{_LABEL})*>")
+_SIMPLE_PATH_RE = re.compile(rf"<({_ATEXT_CLASS}+(?:\.{_ATEXT_CLASS}+)*)@{_LABEL}(?:\.{_LABEL})*>")
 _SIMPLE_SPLIT_RE = re.compile(r'<[^<>"]*>')
 
 

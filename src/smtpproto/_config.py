@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ._sasl import MECHANISMS
 
 __all__ = ["LineEndings", "ServerConfig"]
 
@@ -51,8 +54,35 @@ class ServerConfig:
     #: How bare CR and LF are handled in commands and data.
     line_endings: LineEndings = LineEndings.REJECT
 
-    #: MAIL, RCPT and DATA need a successful AUTH first (``530 5.7.0``).
+    #: STARTTLS may be offered: the driver holds a TLS context (RFC 3207).
+    tls_available: bool = False
+    #: The session starts inside TLS (implicit TLS, the port-465 style of RFC 8314).
+    secure: bool = False
+    #: Accept STARTTLS but leave it out of the EHLO reply.
+    hide_starttls: bool = False
+    #: Leave REQUIRETLS (RFC 8689) out of the EHLO reply on TLS sessions.
+    hide_requiretls: bool = False
+
+    #: SASL mechanisms offered, in the order advertised; empty means no AUTH at all.
+    auth_methods: tuple[str, ...] = ("PLAIN", "LOGIN")
+    #: MAIL, RCPT, DATA and VRFY need a successful AUTH first (``530 5.7.0``).
     auth_required: bool = False
+    #: Offer and accept AUTH without TLS (otherwise AUTH is not advertised and gets ``538 5.7.11``).
+    allow_insecure_auth: bool = False
+    #: Failed AUTH attempts answered ``535`` before the next failure ends the session with ``421 4.7.0``.
+    max_auth_failures: int = 3
+    #: Longest SASL response line in octets (RFC 4954 §4 calls 12,288 sufficient); over it: ``500 5.5.6``.
+    max_auth_line: int = 12288
+    #: Returns a fresh unique string (e.g. ``"1896.697170952"``) for CRAM-MD5 challenges. The core never
+    #: reads a clock or a random source itself; required when CRAM-MD5 is offered.
+    nonce_factory: Callable[[], str] | None = field(default=None, repr=False)
+
+    #: Expect a PROXY protocol v1/v2 header before the greeting (behind HAProxy and friends).
+    use_proxy: bool = False
+    #: Offer Postfix's XCLIENT to this peer (only for trusted proxies).
+    use_xclient: bool = False
+    #: Offer Postfix's XFORWARD to this peer (only for trusted content filters).
+    use_xforward: bool = False
 
     #: Commands (upper case) answered as unknown and dropped from the EHLO reply, e.g. ``{"VRFY"}``.
     disabled_commands: frozenset[str] = frozenset()
@@ -71,6 +101,15 @@ class ServerConfig:
             raise ValueError("max_message_size must be >= 0 or None")
         if self.max_recipients < 1 or self.max_errors < 1 or self.max_unauthenticated_commands < 1:
             raise ValueError("limits must be at least 1")
+        unknown = set(self.auth_methods) - MECHANISMS
+        if unknown:
+            raise ValueError(
+                f"unknown SASL mechanisms {sorted(unknown)}; known: {sorted(MECHANISMS)}"
+            )
+        if "CRAM-MD5" in self.auth_methods and self.nonce_factory is None:
+            raise ValueError("CRAM-MD5 needs a nonce_factory")
+        if self.max_auth_failures < 0 or self.max_auth_line < 512:
+            raise ValueError("max_auth_failures must be >= 0 and max_auth_line >= 512")
         if any(c != c.upper() for c in self.disabled_commands):
             raise ValueError("disabled_commands must be upper case")
         if any(c in self.hostname for c in " \r\n\x00") or not self.hostname:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, NoReturn, TypeAlias
 
 from ._commands import CommandError, Extensions, parse_mail, parse_rcpt, split_command
 from ._config import LineEndings, ServerConfig
@@ -19,6 +20,7 @@ from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     NEED_DATA,
     PAUSED,
+    AuthRequest,
     ConnectionClosed,
     DataChunk,
     DataEnd,
@@ -30,14 +32,39 @@ from ._events import (
     RcptTo,
     Reset,
     Sentinel,
+    StartTLS,
     Verify,
+    XClient,
+    XForward,
 )
-from ._extensions import capabilities, enhanced_codes, smtputf8_offered
+from ._extensions import (
+    auth_enabled,
+    auth_offered,
+    capabilities,
+    enhanced_codes,
+    smtputf8_offered,
+    starttls_offered,
+)
+from ._proxy import (
+    ProxyHeaderError,
+    XAttributeError,
+    parse_xclient,
+    parse_xforward,
+    read_proxy_header,
+)
 from ._receivebuffer import ReceiveBuffer
 from ._replies import Reply
-from ._state import NOT_IMPLEMENTED, Command, SessionState, sequence_error, transition
+from ._sasl import Conversation, SASLError, conversation, failure_challenge, failure_response_ok
+from ._state import (
+    NOT_IMPLEMENTED,
+    PRIVACY_COMMANDS,
+    Command,
+    SessionState,
+    sequence_error,
+    transition,
+)
 
-__all__ = ["ServerConnection"]
+__all__ = ["ServerConnection", "TLSDetails"]
 
 _S = SessionState
 _TRANSACTION_STATES = frozenset({_S.SENDER, _S.RECIPIENTS, _S.DATA})
@@ -53,7 +80,15 @@ class _Again:
 
 _AGAIN: Final = _Again()
 _ReadResult: TypeAlias = "Event | _Again | None"
-DecisionEvent: TypeAlias = MailFrom | RcptTo | DataStart | DataEnd | Verify
+DecisionEvent: TypeAlias = (
+    MailFrom | RcptTo | DataStart | DataEnd | Verify | AuthRequest | XClient | XForward
+)
+_NOT_ALLOWED = Reply(550, "Not allowed", "5.7.0")
+# RFC 4954 §6: with authentication required, these get 530 until AUTH succeeds.
+_NEEDS_AUTH = frozenset({Command.MAIL, Command.RCPT, Command.DATA, Command.VRFY})
+
+_CANNOT_VERIFY = "Cannot VRFY user, but will accept message and attempt delivery"
+_HELP = "See RFC 5321 for the commands of SMTP"
 
 # The standard answers of each decision event: (accept, reject).
 _STANDARD_REPLIES: dict[type[DecisionEvent], tuple[Reply, Reply]] = {
@@ -65,10 +100,30 @@ _STANDARD_REPLIES: dict[type[DecisionEvent], tuple[Reply, Reply]] = {
     ),
     DataEnd: (Reply(250, "Message accepted", "2.0.0"), Reply(554, "Message refused", "5.7.1")),
     Verify: (
-        Reply(252, "Cannot VRFY user, but will accept message and attempt delivery", "2.0.0"),
+        Reply(252, _CANNOT_VERIFY, "2.0.0"),
         Reply(550, "Mailbox unavailable", "5.1.1"),
     ),
+    AuthRequest: (
+        Reply(235, "Authentication successful", "2.7.0"),
+        Reply(535, "Authentication credentials invalid", "5.7.8"),
+    ),
+    # Accepting XCLIENT answers with a fresh greeting instead (Postfix semantics).
+    XClient: (Reply(220, "XCLIENT accepted"), _NOT_ALLOWED),
+    XForward: (Reply(250, "OK", "2.0.0"), _NOT_ALLOWED),
 }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSDetails:
+    """What the driver reported about the TLS layer (see :meth:`ServerConnection.tls_established`)."""
+
+    server_name: str | None = None
+    protocol: str | None = None
+    cipher: str | None = None
+
+
+def _no_nonce() -> str:  # pragma: no cover - ServerConfig refuses CRAM-MD5 without a nonce_factory
+    raise RuntimeError("CRAM-MD5 needs ServerConfig.nonce_factory")
 
 
 class ServerConnection:
@@ -87,17 +142,16 @@ class ServerConnection:
         cfg = self.config
         self._buffer = ReceiveBuffer()
         self._out: list[bytes] = []
+        self._flushed = False  # whether data_to_send() has handed out any bytes
         self._enhanced = enhanced_codes(cfg)
         self._line_end = b"\r\n" if cfg.line_endings is LineEndings.REJECT else b"\n"
-        self._extensions = Extensions(
-            size_limit=cfg.max_message_size,
-            check_size=not cfg.hide_size,
-            eightbitmime=not cfg.hide_8bitmime,
-            smtputf8=smtputf8_offered(cfg),
-            dsn=not cfg.hide_dsn,
-            secure=False,
+        self._secure = cfg.secure
+        self._tls: TLSDetails | None = None
+        self._tls_pending = False
+        self._extensions = self._make_extensions()
+        self._reader: Callable[[], _ReadResult] = (
+            self._read_proxy if cfg.use_proxy else self._read_command
         )
-        self._reader: Callable[[], _ReadResult] = self._read_command
         self._state = _S.REFUSED if cfg.refuse_service else _S.GREETED
         self._eof = False
         self._aborted = False
@@ -110,7 +164,12 @@ class ServerConnection:
         # Counters for the limits.
         self._errors = 0
         self._unauthenticated_commands = 0
-        self._authenticated = False
+        self._user: str | None = None
+        self._auth_failures = 0
+        self._sasl: Conversation | None = None
+        self._auth_refusal: Reply | None = None
+        self._sasl_mechanism = ""
+        self._xclient_addr = False
         self._discarding_line = False
         # The open transaction.
         self._transaction_utf8 = False
@@ -119,11 +178,8 @@ class ServerConnection:
         self._data_size = 0
         self._data_finished = False
 
-        mode = "LMTP" if cfg.lmtp else "ESMTP"
-        if cfg.refuse_service:
-            self._queue(Reply(554, f"{cfg.hostname} No SMTP service here", "5.7.1"))
-        else:
-            self._queue(Reply(220, f"{cfg.hostname} {mode} {cfg.banner}".rstrip()))
+        if not cfg.use_proxy:  # behind a proxy the greeting waits for the PROXY header
+            self._queue(self._greeting())
 
     # -- public API ---------------------------------------------------------------------------------------
 
@@ -138,6 +194,21 @@ class ServerConnection:
         return self._awaiting
 
     @property
+    def secure(self) -> bool:
+        """Whether the session runs inside TLS (implicit, or after STARTTLS)."""
+        return self._secure
+
+    @property
+    def tls(self) -> TLSDetails | None:
+        """What the driver reported in :meth:`tls_established`, if STARTTLS happened."""
+        return self._tls
+
+    @property
+    def authenticated_user(self) -> str | None:
+        """The username of the successful AUTH (or XCLIENT LOGIN), else ``None``."""
+        return self._user
+
+    @property
     def replies_owed(self) -> int:
         """How many replies the awaited decision still needs (LMTP's DataEnd needs one per recipient)."""
         return self._replies_owed
@@ -150,11 +221,14 @@ class ServerConnection:
             return
         if not data:
             self._eof = True
-        elif self._state is not _S.CLOSED:  # nothing is read after QUIT or a 421
+        elif self._state is not _S.CLOSED and not self._tls_pending:
+            # Nothing is read after QUIT or a 421, and plaintext that arrives while STARTTLS is being set up
+            # must never run inside the TLS session (CVE-2011-0411).
             self._buffer.append(data)
 
     def data_to_send(self) -> bytes:
         """The bytes to write to the client now (possibly empty)."""
+        self._flushed = self._flushed or bool(self._out)
         out = b"".join(self._out)
         self._out.clear()
         return out
@@ -169,7 +243,7 @@ class ServerConnection:
         if self._fatal is not None:
             error, self._fatal = self._fatal, None
             raise error
-        if self._awaiting is not None:
+        if self._awaiting is not None or self._tls_pending:
             return PAUSED
         while self._state is not _S.CLOSED:
             result = self._reader()
@@ -199,21 +273,55 @@ class ServerConnection:
             # The client sent text behind a DATA that is now refused: it would run as commands (SMUG-07).
             self._sync_error()
             return
-        self._queue(self._with_enhanced(reply, event))
+        reply = self._with_enhanced(reply, event)
         self._replies_owed -= 1
+        if not self._replies_owed:
+            self._awaiting = None
+        if isinstance(event, AuthRequest):
+            self._answer_auth(event, reply, accepted)
+            return
+        if isinstance(event, XClient) and accepted:
+            self._apply_xclient(event)
+            return
+        self._queue(reply)
+        if reply.code == 421:
+            # RFC 5321 §3.8: a 421 says the server is closing the channel; nothing more is read.
+            self._close()
+            return
         if isinstance(event, MailFrom) and accepted:
             self._transaction_utf8 = event.args.get("SMTPUTF8") is True
         elif isinstance(event, RcptTo) and accepted:
             self._recipients += 1
         if self._replies_owed:
             return
-        self._awaiting = None
         if isinstance(event, DataEnd):
             self._end_transaction(_S.READY)
         elif accepted and not isinstance(event, Verify):
             self._state = self._on_accept
             if isinstance(event, DataStart):
                 self._start_data()
+
+    def tls_established(
+        self,
+        *,
+        server_name: str | None = None,
+        protocol: str | None = None,
+        cipher: str | None = None,
+    ) -> None:
+        """Tell the connection that the TLS handshake after :class:`StartTLS` succeeded.
+
+        The session starts over as RFC 3207 §4.2 requires: no EHLO, no authentication, no transaction;
+        STARTTLS is neither offered nor accepted again, and REQUIRETLS becomes available.
+        """
+        if not self._tls_pending:
+            raise LocalProtocolError("tls_established() without a StartTLS event")
+        self._tls_pending = False
+        self._secure = True
+        self._tls = TLSDetails(server_name=server_name, protocol=protocol, cipher=cipher)
+        self._extensions = self._make_extensions()
+        self._buffer.clear()
+        self._user = None
+        self._end_transaction(_S.GREETED)
 
     def accept(self) -> None:
         """Answer the waiting decision with its standard positive reply (e.g. ``250 2.1.0``, ``354``)."""
@@ -224,6 +332,8 @@ class ServerConnection:
     ) -> None:
         """Answer the waiting decision with a refusal; the defaults are the event's standard one."""
         standard = _STANDARD_REPLIES[type(self._require_awaiting())][1]
+        if code is not None and code < 400:
+            raise LocalProtocolError(f"reject() takes a 4xx or 5xx code, not {code}")
         code = standard.code if code is None else code
         if text is None:
             text = standard.text if isinstance(standard.text, str) else standard.text[0]
@@ -238,13 +348,32 @@ class ServerConnection:
         """
         if self._state is _S.CLOSED:
             return
+        if not self._flushed and len(self._out) == 1:
+            # Nothing was sent yet, not even the greeting: the 421 takes its place (too busy at
+            # connect, RFC 5321 §3.8; CONFORMANCE CORE-03).
+            self._out.clear()
         self._queue(reply or Reply(421, f"{self.config.hostname} Service shutting down", "4.3.2"))
-        self._aborted = self._state in _TRANSACTION_STATES
-        self._awaiting = None
-        self._replies_owed = 0
-        self._state = _S.CLOSED
+        self._tls_pending = False
+        self._close()
 
     # -- output -------------------------------------------------------------------------------------------
+
+    def _greeting(self) -> Reply:
+        cfg = self.config
+        if cfg.refuse_service:
+            return Reply(554, f"{cfg.hostname} No SMTP service here", "5.7.1")
+        return Reply(220, f"{cfg.hostname} {'LMTP' if cfg.lmtp else 'ESMTP'} {cfg.banner}".rstrip())
+
+    def _make_extensions(self) -> Extensions:
+        cfg = self.config
+        return Extensions(
+            size_limit=cfg.max_message_size,
+            check_size=not cfg.hide_size,
+            eightbitmime=not cfg.hide_8bitmime,
+            smtputf8=smtputf8_offered(cfg),
+            dsn=not cfg.hide_dsn,
+            secure=self._secure,
+        )
 
     def _queue(self, reply: Reply) -> None:
         self._out.append(reply.to_bytes(enhanced=self._enhanced))
@@ -252,8 +381,14 @@ class ServerConnection:
     def _with_enhanced(self, reply: Reply, event: DecisionEvent) -> Reply:
         if reply.enhanced is not None or reply.code // 100 == 3:
             return reply
+        accept, reject = _STANDARD_REPLIES[type(event)]
         klass = reply.code // 100
-        enhanced = _STANDARD_REPLIES[type(event)][0].enhanced if klass == 2 else f"{klass}.0.0"
+        if klass == 2:
+            enhanced = accept.enhanced
+        elif reply.code == reject.code:
+            enhanced = reject.enhanced
+        else:
+            enhanced = f"{klass}.0.0"
         return Reply(reply.code, reply.text, enhanced)
 
     def _require_awaiting(self) -> DecisionEvent:
@@ -279,23 +414,34 @@ class ServerConnection:
         self._queue(reply)
         return _AGAIN
 
-    def _fail(self, reply: Reply) -> None:
-        """End the session because of the peer: queue ``reply`` and raise."""
-        self._queue(reply)
+    def _close(self) -> None:
+        """End the session: drop any waiting decision; an open transaction counts as aborted."""
         self._aborted = self._state in _TRANSACTION_STATES
-        self._state = _S.CLOSED
-        raise RemoteProtocolError(str(reply.text), reply)
-
-    def _sync_error(self) -> None:
-        reply = Reply(
-            554, "SMTP protocol synchronization error (text pipelined after DATA)", "5.5.0"
-        )
         self._awaiting = None
         self._replies_owed = 0
-        self._queue(reply)
-        self._aborted = self._state in _TRANSACTION_STATES
         self._state = _S.CLOSED
+
+    def _fail(self, reply: Reply) -> NoReturn:
+        """End the session because of the peer: queue ``reply`` and raise."""
+        self._queue(reply)
+        self._close()
+        raise RemoteProtocolError(str(reply.text), reply)
+
+    def _fatal_after_send(self, reply: Reply) -> None:
+        """End the session from inside :meth:`send`: the error surfaces at the next :meth:`next_event`."""
+        self._queue(reply)
+        self._close()
         self._fatal = RemoteProtocolError(str(reply.text), reply)
+
+    @staticmethod
+    def _sync_reply(code: int = 554) -> Reply:
+        """The reply to text pipelined behind a DATA that is refused (CONFORMANCE PIPE-05, SMUG-07)."""
+        return Reply(
+            code, "SMTP protocol synchronization error (text pipelined after DATA)", "5.5.0"
+        )
+
+    def _sync_error(self) -> None:
+        self._fatal_after_send(self._sync_reply())
 
     # -- command mode -------------------------------------------------------------------------------------
 
@@ -308,7 +454,8 @@ class ServerConnection:
                 self._buffer.discard(keep_tail=1 if self._buffer.data.endswith(b"\r") else 0)
                 self._discarding_line = True
             return None
-        if self._discarding_line or len(line) + 2 > limit:
+        # The length on the wire with the terminator (before a lone LF, a CR is still part of ``line``).
+        if self._discarding_line or len(line) + len(self._line_end) > limit:
             self._discarding_line = False
             return self._error(Reply(500, "Line too long", "5.5.6"))
         if self._line_end == b"\n" and line.endswith(b"\r"):
@@ -325,18 +472,28 @@ class ServerConnection:
             if _HTTP_RE.fullmatch(line):
                 self._fail(Reply(421, "HTTP requests not allowed", "4.7.0"))
             return self._error(Reply(500, "Command not recognized", "5.5.2"))
+        if command.value in self.config.disabled_commands:
+            # VRFY or EXPN disabled for privacy (see _enabled): RFC 5321 §7.3 demands 252.
+            return self._queue_again(Reply(252, _CANNOT_VERIFY, "2.0.0"))
         if command in NOT_IMPLEMENTED:
             return self._error(Reply(502, f"{command.value} not implemented", "5.5.1"))
-        if self.config.auth_required and not self._authenticated:
+        if self.config.auth_required and self._user is None and command is not Command.AUTH:
             self._unauthenticated_commands += 1
             if self._unauthenticated_commands >= self.config.max_unauthenticated_commands:
                 self._fail(Reply(421, "Too many unauthenticated commands", "4.7.0"))
         after = transition(self._state, command)
         if after is None:
             if command is Command.DATA and self._buffer:
-                self._sync_error()
-                return _AGAIN
+                # Text pipelined behind a DATA that cannot succeed would run as commands (PIPE-05,
+                # SMUG-07). In LMTP a DATA without recipients MUST get 503 (RFC 2033 §4.2).
+                self._fail(self._sync_reply(503 if self.config.lmtp else 554))
             return self._error(Reply(503, sequence_error(self._state, command), "5.5.1"))
+        if command in _NEEDS_AUTH and self.config.auth_required and self._user is None:
+            return self._queue_again(Reply(530, "Authentication required", "5.7.0"))
+        if command is Command.NOOP:
+            return self._queue_again(
+                Reply(250, "OK", "2.0.0")
+            )  # RFC 5321 §4.1.1.9: arguments ignored
         if not argument.isascii() and _has_surrogates(argument):
             enhanced = {Command.MAIL: "5.1.7", Command.RCPT: "5.1.3"}.get(command, "5.5.2")
             return self._error(Reply(501, "Invalid UTF-8 in command", enhanced))
@@ -344,11 +501,13 @@ class ServerConnection:
 
     def _enabled(self, command: Command) -> bool:
         if command.value in self.config.disabled_commands:
-            return False
+            return command in PRIVACY_COMMANDS
         if command in (Command.HELO, Command.EHLO):
             return not self.config.lmtp
         if command is Command.LHLO:
             return self.config.lmtp
+        if command is Command.AUTH:
+            return auth_enabled(self.config)
         return True
 
     def _no_argument(self, argument: str, command: str) -> Reply | None:
@@ -366,7 +525,13 @@ class ServerConnection:
             # RFC 5321 §3.2: never the extension list to HELO; RFC 2034 §4: no enhanced code here.
             self._out.append(Reply(250, greeting).to_bytes())
         else:
-            self._out.append(Reply(250, (greeting, *capabilities(self.config))).to_bytes())
+            caps = capabilities(
+                self.config,
+                secure=self._secure,
+                authenticated=self._user is not None,
+                xclient_done=self._xclient_addr,
+            )
+            self._out.append(Reply(250, (greeting, *caps)).to_bytes())
         return Hello(command=command, hostname=hostname)
 
     def _helo(self, argument: str, after: SessionState) -> _ReadResult:
@@ -383,7 +548,9 @@ class ServerConnection:
             parsed = parse_mail(argument, self._extensions)
         except CommandError as exc:
             return self._refuse(exc.reply)
-        return self._decide(MailFrom(address=parsed.address, args=MappingProxyType(parsed.args)), after)
+        return self._decide(
+            MailFrom(address=parsed.address, args=MappingProxyType(parsed.args)), after
+        )
 
     def _rcpt(self, argument: str, after: SessionState) -> _ReadResult:
         try:
@@ -393,7 +560,9 @@ class ServerConnection:
         if self._recipients >= self.config.max_recipients:
             self._queue(Reply(452, "Too many recipients", "4.5.3"))
             return _AGAIN
-        return self._decide(RcptTo(address=parsed.address, args=MappingProxyType(parsed.args)), after)
+        return self._decide(
+            RcptTo(address=parsed.address, args=MappingProxyType(parsed.args)), after
+        )
 
     def _refuse(self, reply: Reply) -> _Again:
         # Syntax errors count against the error limit; policy refusals (552 size, 530, 553) do not.
@@ -415,9 +584,6 @@ class ServerConnection:
         self._queue(Reply(250, "Flushed", "2.0.0"))
         return Reset()
 
-    def _noop(self, argument: str, after: SessionState) -> _ReadResult:
-        return self._queue_again(Reply(250, "OK", "2.0.0"))  # RFC 5321 §4.1.1.9: arguments ignored
-
     def _quit(self, argument: str, after: SessionState) -> _ReadResult:
         if error := self._no_argument(argument, "QUIT"):
             return self._error(error)
@@ -434,12 +600,176 @@ class ServerConnection:
         return self._decide(Verify(argument=argument.strip(" ")), after)
 
     def _help(self, argument: str, after: SessionState) -> _ReadResult:
-        return self._queue_again(Reply(214, "See RFC 5321 for the commands of SMTP", "2.0.0"))
+        topic = argument.strip(" ").split(" ", 1)[0].upper()
+        if not topic:
+            return self._queue_again(Reply(214, _HELP, "2.0.0"))
+        command = Command.__members__.get(topic)
+        if command is None or not self._enabled(command):
+            # RFC 5321 §4.2.3 "504 Command parameter not implemented" (CONFORMANCE CORE-42).
+            return self._queue_again(Reply(504, "No help on that topic", "5.5.4"))
+        return self._queue_again(Reply(214, f"{command.value}: {_HELP}", "2.0.0"))
 
     def _starttls(self, argument: str, after: SessionState) -> _ReadResult:
         if error := self._no_argument(argument, "STARTTLS"):
             return self._error(error)
-        return self._queue_again(Reply(454, "TLS not available", "4.7.0"))
+        if self._secure:
+            return self._error(Reply(503, "TLS already active", "5.5.1"))
+        if not starttls_offered(self.config, secure=False):
+            return self._queue_again(Reply(454, "TLS not available", "4.7.0"))
+        self._queue(Reply(220, "Ready to start TLS", "2.0.0"))
+        # Whatever the client pipelined after STARTTLS was sent in plaintext and must never be executed
+        # inside the TLS session (CVE-2011-0411, CVE-2024-34083).
+        self._buffer.clear()
+        self._tls_pending = True
+        self._end_transaction(after)
+        return StartTLS()
+
+    # -- AUTH (RFC 4954) ----------------------------------------------------------------------------------
+
+    def _auth(self, argument: str, after: SessionState) -> _ReadResult:
+        words = argument.split(" ")
+        if not words[0] or len(words) > 2:
+            return self._error(Reply(501, "Syntax: AUTH mechanism [initial-response]", "5.5.4"))
+        if self._user is not None:
+            return self._error(Reply(503, "Already authenticated", "5.5.1"))
+        if not auth_offered(self.config, secure=self._secure):
+            return self._error(
+                Reply(538, "Encryption required for requested authentication mechanism", "5.7.11")
+            )
+        mechanism = words[0].upper()
+        if mechanism not in self.config.auth_methods:
+            return self._error(Reply(504, "Unrecognized authentication type", "5.5.4"))
+        self._sasl = conversation(
+            mechanism,
+            words[1] if len(words) == 2 else None,
+            hostname=self.config.hostname,
+            nonce=self.config.nonce_factory or _no_nonce,
+        )
+        return self._sasl_step(None)
+
+    def _sasl_step(self, line: str | None) -> _ReadResult:
+        sasl = self._sasl
+        assert sasl is not None
+        try:
+            challenge = next(sasl) if line is None else sasl.send(line)
+        except StopIteration as done:
+            self._end_sasl()
+            request: AuthRequest = done.value
+            return self._decide(request, self._state)
+        except SASLError as exc:
+            self._end_sasl()
+            if exc.reply.code == 535:
+                return self._auth_failure(exc.reply)
+            return self._error(exc.reply)
+        self._queue(Reply(334, challenge))
+        self._reader = self._read_auth_line
+        return _AGAIN
+
+    def _end_sasl(self) -> None:
+        self._sasl = None
+        self._reader = self._read_command
+
+    def _read_auth_line(self) -> _ReadResult:
+        line = self._take_auth_line()
+        return None if line is None else self._sasl_step(line)
+
+    def _take_auth_line(self) -> str | None:
+        """The next SASL response line, or None; an over-long one ends the exchange with 500 5.5.6."""
+        line = self._buffer.take_line(self._line_end)
+        if line is None:
+            if len(self._buffer) > self.config.max_auth_line:
+                # Leave the exchange; the command reader discards the rest of the line and answers 500.
+                self._end_sasl()
+                self._auth_refusal = None
+                self._buffer.discard(keep_tail=1 if self._buffer.data.endswith(b"\r") else 0)
+                self._discarding_line = True
+            return None
+        if self._line_end == b"\n" and line.endswith(b"\r"):
+            line = line[:-1]
+        return line.decode(
+            "ascii", "replace"
+        )  # SASL lines are base64; anything else is refused as such
+
+    def _auth_failure(self, reply: Reply) -> _ReadResult:
+        self._auth_failures += 1
+        if self._auth_failures > self.config.max_auth_failures:
+            self._fail(Reply(421, "Too many authentication failures", "4.7.0"))
+        return self._queue_again(reply)
+
+    def _answer_auth(self, event: AuthRequest, reply: Reply, accepted: bool) -> None:
+        if accepted:
+            self._user = event.username
+            self._queue(reply)
+            return
+        self._auth_failures += 1
+        if self._auth_failures > self.config.max_auth_failures:
+            self._fatal_after_send(Reply(421, "Too many authentication failures", "4.7.0"))
+            return
+        challenge = failure_challenge(event.mechanism)
+        if challenge is None:
+            self._queue(reply)
+            return
+        # XOAUTH2 / OAUTHBEARER: the error travels as a 334 challenge; the client acknowledges it with one
+        # line, and only then does the final refusal go out.
+        self._queue(Reply(334, challenge))
+        self._auth_refusal = reply
+        self._sasl_mechanism = event.mechanism
+        self._reader = self._read_auth_refusal_ack
+
+    def _read_auth_refusal_ack(self) -> _ReadResult:
+        line = self._take_auth_line()
+        if line is None:
+            return None
+        refusal, self._auth_refusal = self._auth_refusal, None
+        assert refusal is not None
+        self._reader = self._read_command
+        if line == "*":
+            return self._queue_again(Reply(501, "Authentication aborted", "5.7.0"))
+        if not failure_response_ok(self._sasl_mechanism, line):
+            return self._error(refusal)
+        return self._queue_again(refusal)
+
+    # -- PROXY, XCLIENT, XFORWARD -------------------------------------------------------------------------
+
+    def _read_proxy(self) -> _ReadResult:
+        try:
+            header = read_proxy_header(self._buffer.data)
+        except ProxyHeaderError as exc:
+            self._state = _S.CLOSED
+            # Not an SMTP client (yet): nothing is said, the connection just closes.
+            raise RemoteProtocolError(f"bad PROXY header: {exc}", None) from None
+        if header is None:
+            return None
+        self._buffer.rescan()
+        self._reader = self._read_command
+        self._queue(self._greeting())
+        return header
+
+    def _xclient(self, argument: str, after: SessionState) -> _ReadResult:
+        if not self.config.use_xclient or self._xclient_addr:
+            return self._queue_again(_NOT_ALLOWED)
+        try:
+            event = parse_xclient(argument)
+        except XAttributeError as exc:
+            return self._error(Reply(501, exc.reason, "5.5.4"))
+        return self._decide(event, after)
+
+    def _apply_xclient(self, event: XClient) -> None:
+        # Postfix semantics: the session starts over with a new greeting, as if the client had just connected.
+        self._xclient_addr = self._xclient_addr or event.addr is not None
+        special = (None, "[UNAVAILABLE]", "[TEMPUNAVAIL]")
+        self._user = event.login if event.login not in special else None
+        self._end_transaction(_S.GREETED)
+        self._queue(self._greeting())
+
+    def _xforward(self, argument: str, after: SessionState) -> _ReadResult:
+        if not self.config.use_xforward or self._xclient_addr:
+            return self._queue_again(_NOT_ALLOWED)
+        try:
+            event = parse_xforward(argument)
+        except XAttributeError as exc:
+            return self._error(Reply(501, exc.reason, "5.5.4"))
+        return self._decide(event, after)
 
     _HANDLERS: Final[
         dict[Command, Callable[[ServerConnection, str, SessionState], _ReadResult]]
@@ -451,11 +781,13 @@ class ServerConnection:
         Command.RCPT: _rcpt,
         Command.DATA: _data,
         Command.RSET: _rset,
-        Command.NOOP: _noop,
         Command.QUIT: _quit,
         Command.VRFY: _vrfy,
         Command.HELP: _help,
         Command.STARTTLS: _starttls,
+        Command.AUTH: _auth,
+        Command.XCLIENT: _xclient,
+        Command.XFORWARD: _xforward,
     }
 
     # -- data mode ----------------------------------------------------------------------------------------

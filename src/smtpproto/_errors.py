@@ -19,10 +19,11 @@ class RemoteProtocolError(ProtocolError):
     """The peer broke the protocol beyond recovery.
 
     The connection has already queued :attr:`reply` (usually a ``421``) before raising, so a driver flushes
-    ``data_to_send()`` and closes.
+    ``data_to_send()`` and closes. ``reply`` is ``None`` where nothing may be said (a malformed PROXY header:
+    the peer is not an SMTP client yet).
     """
 
-    def __init__(self, message: str, reply: Reply) -> None:
+    def __init__(self, message: str, reply: Reply | None) -> None:
         super().__init__(message)
         self.reply = reply
 

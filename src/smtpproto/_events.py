@@ -1,7 +1,8 @@
 """Events: what a :class:`~smtpproto.ServerConnection` tells its driver, one object per thing that happened.
 
 Events are frozen, slotted, keyword-only dataclasses; they are built complete by the connection and are not
-meant to be subclassed. Events marked *decision* wait for the application's reply (``conn.send(Reply)``,
+meant to be subclassed. The SASL, PROXY and XCLIENT/XFORWARD events are defined beside their parsers (``_sasl.py``,
+``_proxy.py``) and re-exported here. Events marked *decision* wait for the application's reply (``conn.send(Reply)``,
 ``conn.accept()`` or ``conn.reject()``); the others are informational — the connection has already answered.
 """
 
@@ -13,11 +14,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, TypeAlias
 
+from ._proxy import ProxyHeader, XClient, XForward
 from ._replies import Reply
+from ._sasl import AuthRequest
 
 __all__ = [
     "NEED_DATA",
     "PAUSED",
+    "AuthRequest",
     "ConnectionClosed",
     "DataChunk",
     "DataEnd",
@@ -25,11 +29,15 @@ __all__ = [
     "Event",
     "Hello",
     "MailFrom",
+    "ProxyHeader",
     "Quit",
     "RcptTo",
     "Reset",
     "Sentinel",
+    "StartTLS",
     "Verify",
+    "XClient",
+    "XForward",
 ]
 
 
@@ -131,6 +139,17 @@ class Quit:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StartTLS:
+    """The client asked for TLS and ``220 2.0.0`` is queued. Informational, but the driver must act.
+
+    Flush ``data_to_send()``, run the server-side TLS handshake, then call
+    :meth:`~smtpproto.ServerConnection.tls_established`; until then ``next_event()`` returns ``PAUSED``.
+    Everything the client sent after the STARTTLS line in plaintext has been discarded (CVE-2011-0411) —
+    feed only bytes decrypted after the handshake.
+    """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectionClosed:
     """The session is over: flush ``data_to_send()`` and close the socket.
 
@@ -151,5 +170,10 @@ Event: TypeAlias = (
     | Reset
     | Verify
     | Quit
+    | StartTLS
+    | AuthRequest
+    | ProxyHeader
+    | XClient
+    | XForward
     | ConnectionClosed
 )

@@ -55,8 +55,10 @@ class Command(enum.Enum):
     VRFY = "VRFY"
     HELP = "HELP"
     STARTTLS = "STARTTLS"
-    # Known to SMTP but not implemented here: always 502 5.5.1 (RFC 5321 §4.2.4), never 500.
     AUTH = "AUTH"
+    XCLIENT = "XCLIENT"
+    XFORWARD = "XFORWARD"
+    # Known to SMTP but not implemented here: always 502 5.5.1 (RFC 5321 §4.2.4), never 500.
     EXPN = "EXPN"
     TURN = "TURN"
     ETRN = "ETRN"
@@ -70,7 +72,6 @@ class Command(enum.Enum):
 #: Recognised verbs that this server does not implement (502).
 NOT_IMPLEMENTED = frozenset(
     {
-        Command.AUTH,
         Command.EXPN,
         Command.TURN,
         Command.ETRN,
@@ -82,6 +83,10 @@ NOT_IMPLEMENTED = frozenset(
     }
 )
 
+#: Commands a site may disable for privacy. RFC 5321 §7.3: a disabled VRFY or EXPN "MUST return a 252
+#: response, rather than a code that could be confused with successful or unsuccessful verification".
+PRIVACY_COMMANDS = frozenset({Command.VRFY, Command.EXPN})
+
 S = SessionState
 C = Command
 
@@ -90,13 +95,20 @@ _OPEN = (S.GREETED, S.READY, S.SENDER, S.RECIPIENTS)
 #: (state, command) -> state after the command succeeds. Pairs not listed are out of sequence (503).
 TRANSITIONS: dict[tuple[SessionState, Command], SessionState] = {
     # Commands that never change the transaction.
-    **{(s, c): s for s in _OPEN for c in (C.NOOP, C.HELP, C.VRFY, C.STARTTLS)},
+    **{(s, c): s for s in _OPEN for c in (C.NOOP, C.HELP, C.VRFY)},
+    # STARTTLS is allowed mid-transaction: the TLS reset (RFC 3207 §4.2) discards the transaction anyway.
+    **{(s, C.STARTTLS): S.GREETED for s in _OPEN},
+    # XCLIENT starts the session afresh with a new greeting; XFORWARD only annotates it.
+    **{(s, C.XCLIENT): S.GREETED for s in (S.GREETED, S.READY)},
+    **{(s, C.XFORWARD): s for s in (S.GREETED, S.READY)},
     # HELO/EHLO/LHLO reset the transaction "exactly as if a RSET command had been issued" (RFC 5321 §4.1.4).
     **{(s, c): S.READY for s in _OPEN for c in (C.HELO, C.EHLO, C.LHLO)},
     # RSET clears the transaction but not the client's identity.
     (S.GREETED, C.RSET): S.GREETED,
     **{(s, C.RSET): S.READY for s in _OPEN[1:]},
     **{(s, C.QUIT): S.CLOSED for s in (*_OPEN, S.REFUSED)},
+    # RFC 4954 §4: AUTH needs EHLO first and is refused inside a mail transaction.
+    (S.READY, C.AUTH): S.READY,
     (S.READY, C.MAIL): S.SENDER,
     (S.SENDER, C.RCPT): S.RECIPIENTS,
     (S.RECIPIENTS, C.RCPT): S.RECIPIENTS,
@@ -105,7 +117,16 @@ TRANSITIONS: dict[tuple[SessionState, Command], SessionState] = {
 
 #: Why a command is out of sequence, for the 503 reply. Pairs in neither table get a generic text.
 SEQUENCE_ERRORS: dict[tuple[SessionState, Command], str] = {
-    **{(S.GREETED, c): "Send HELO/EHLO first" for c in (C.MAIL, C.RCPT, C.DATA)},
+    **{(S.GREETED, c): "Send HELO/EHLO first" for c in (C.MAIL, C.RCPT, C.DATA, C.AUTH)},
+    **{
+        (s, C.AUTH): "AUTH not permitted during a mail transaction"
+        for s in (S.SENDER, S.RECIPIENTS)
+    },
+    **{
+        (s, c): "Mail transaction in progress"
+        for s in (S.SENDER, S.RECIPIENTS)
+        for c in (C.XCLIENT, C.XFORWARD)
+    },
     (S.READY, C.RCPT): "Need MAIL command",
     (S.READY, C.DATA): "Need MAIL command",
     (S.SENDER, C.MAIL): "Nested MAIL command",

@@ -24,6 +24,10 @@ __all__ = ["SEQUENCE_ERRORS", "TRANSITIONS", "Command", "SessionState", "transit
 class SessionState(enum.Enum):
     """Where a session is in the mail transaction."""
 
+    # Members are singletons: identity hashing is correct and, unlike Enum's own __hash__, runs in C,
+    # which matters because the connection looks states and commands up in dicts for every command.
+    __hash__ = object.__hash__
+
     #: Greeting sent, no HELO/EHLO/LHLO yet.
     GREETED = "GREETED"
     #: Client identified, no transaction open.
@@ -42,6 +46,10 @@ class SessionState(enum.Enum):
 
 class Command(enum.Enum):
     """The command verbs the server knows."""
+
+    # Members are singletons: identity hashing is correct and, unlike Enum's own __hash__, runs in C,
+    # which matters because the connection looks states and commands up in dicts for every command.
+    __hash__ = object.__hash__
 
     HELO = "HELO"
     EHLO = "EHLO"

@@ -160,6 +160,7 @@ class ConnectionClosed:
     transaction_aborted: bool = False
 
 
+#: Any event :meth:`~smtpproto.ServerConnection.next_event` can return (the sentinels aside).
 Event: TypeAlias = (
     Hello
     | MailFrom

@@ -71,9 +71,17 @@ class Reply:
         prefix = f"{self.enhanced} " if enhanced and self.enhanced else ""
         lines = self.lines
         last = len(lines) - 1
-        return "".join(
-            f"{code}{' ' if i == last else '-'}{prefix}{line}\r\n" for i, line in enumerate(lines)
-        ).encode("utf-8")
+        out = []
+        for i, line in enumerate(lines):
+            text = f"{prefix}{line}"
+            if i == last:
+                # RFC 5321 §4.2: a space must be followed by text, so an empty last line is the bare code;
+                # but RFC 4954 §4 spells an empty SASL challenge "334 " with its space.
+                sep = " " if text or self.code == 334 else ""
+            else:
+                sep = "-"
+            out.append(f"{code}{sep}{text}\r\n")
+        return "".join(out).encode("utf-8")
 
 
 # Most replies a server sends are the same few objects; render each once.

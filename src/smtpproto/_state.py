@@ -38,7 +38,7 @@ class SessionState(enum.Enum):
     RECIPIENTS = "RECIPIENTS"
     #: Reading the message after 354.
     DATA = "DATA"
-    #: Greeted with 554: every command but QUIT gets 503.
+    #: Greeted with 554: every implemented command but QUIT gets 503 (unknown ones still 500, EXPN & co. 502).
     REFUSED = "REFUSED"
     #: Session over: nothing further is read or executed.
     CLOSED = "CLOSED"

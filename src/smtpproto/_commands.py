@@ -19,6 +19,8 @@ _NOTIFY_VALUES = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 _ORCPT_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*);(.+)")
 _MAX_ENVID = 100  # RFC 3461 §4.4
 _MAX_ORCPT = 500  # RFC 3461 §4.2
+#: How much of a client's parameter keyword a reply repeats.
+_MAX_SHOWN = 40
 
 
 class CommandError(Exception):
@@ -31,6 +33,16 @@ class CommandError(Exception):
 
 def _syntax(text: str, enhanced: str = "5.5.4", code: int = 501) -> CommandError:
     return CommandError(Reply(code, text, enhanced))
+
+
+def _shown(text: str) -> str:
+    """Client text repeated in a reply: escaped to printable ASCII and cut short, whatever the client sent.
+
+    A keyword may be as long as the command line, and non-ASCII or unprintable characters would make the
+    reply line longer than RFC 5321 §4.5.3.1.5 allows (or put control characters on the wire).
+    """
+    shown = ascii(text)[1:-1]
+    return shown if len(shown) <= _MAX_SHOWN else shown[: _MAX_SHOWN - 3] + "..."
 
 
 def split_command(line: str) -> tuple[str | None, str]:
@@ -72,15 +84,15 @@ def _split_params(text: str) -> dict[str, str | bool]:
             continue  # tolerate runs of spaces between parameters
         key, sep, value = word.partition("=")
         if not _KEYWORD_RE.fullmatch(key):
-            raise _syntax(f"Bad parameter syntax: {key[:40]!r}")
+            raise _syntax(f"Bad parameter syntax: {_shown(key)}")
         key = key.upper()
         if key in params:
-            raise _syntax(f"Duplicate {key} parameter")
+            raise _syntax(f"Duplicate {_shown(key)} parameter")
         if sep:
             if not value:
-                raise _syntax(f"{key} parameter requires a value")
+                raise _syntax(f"{_shown(key)} parameter requires a value")
             if not _VALUE_RE.fullmatch(value):
-                raise _syntax(f"Bad {key} parameter syntax")
+                raise _syntax(f"Bad {_shown(key)} parameter syntax")
             params[key] = value
         else:
             params[key] = True
@@ -101,17 +113,18 @@ def _flag(params: dict[str, str | bool], key: str) -> None:
 
 
 def _xtext(params: dict[str, str | bool], key: str, limit: int) -> str:
+    """Decode an xtext value; ``limit`` bounds the value as sent, the budget its extension adds to the line."""
+    value = _value(params, key)
+    if len(value) > limit:
+        raise _syntax(f"{key} parameter too long")
     try:
-        decoded = xtext_decode(_value(params, key))
+        return xtext_decode(value)
     except ValueError:
         raise _syntax(f"Bad {key} parameter syntax") from None
-    if len(decoded) > limit:
-        raise _syntax(f"{key} parameter too long")
-    return decoded
 
 
 def _unsupported(key: str) -> CommandError:
-    return _syntax(f"Unsupported parameter {key}", code=555)
+    return _syntax(f"Unsupported parameter {_shown(key)}", code=555)
 
 
 def _path(argument: str, prefix: str) -> tuple[str, str]:
@@ -124,8 +137,10 @@ def _path(argument: str, prefix: str) -> tuple[str, str]:
 
 def _address_error(error: AddressError, enhanced: str, what: str) -> CommandError:
     if error.kind == "utf8":
+        # RFC 6531 §3.5: "550 5.6.7" refuses a sender, "553 5.6.7" a recipient.
+        code = 550 if what == "Sender" else 553
         return CommandError(
-            Reply(553, "Non-ASCII address requires the SMTPUTF8 parameter", "5.6.7")
+            Reply(code, "Non-ASCII address requires the SMTPUTF8 parameter", "5.6.7")
         )
     if error.kind == "length":
         return CommandError(Reply(501, f"{what} address too long", enhanced))
@@ -197,15 +212,16 @@ def parse_rcpt(argument: str, ext: Extensions, *, utf8: bool) -> MailArgument:
                 raise _syntax("NOTIFY must be NEVER, or SUCCESS, FAILURE and/or DELAY")
             params[key] = ",".join(values)
         elif key == "ORCPT" and ext.dsn:
-            match = _ORCPT_RE.fullmatch(_value(params, key))
+            value = _value(params, key)
+            if len(value) > _MAX_ORCPT:
+                raise _syntax("ORCPT parameter too long")
+            match = _ORCPT_RE.fullmatch(value)
             if not match:
                 raise _syntax("Bad ORCPT parameter syntax")
             try:
                 original = xtext_decode(match[2])
             except ValueError:
                 raise _syntax("Bad ORCPT parameter syntax") from None
-            if len(original) > _MAX_ORCPT:
-                raise _syntax("ORCPT parameter too long")
             params[key] = f"{match[1]};{original}"
         else:
             raise _unsupported(key)

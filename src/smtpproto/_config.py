@@ -21,7 +21,8 @@ class LineEndings(enum.Enum):
     #: Only CRLF ends a line. A command line with a bare CR or LF gets ``500 5.5.2``; a message with one is read
     #: to its real ``CRLF.CRLF`` terminator and then refused with ``550 5.5.2``.
     REJECT = "reject"
-    #: A bare LF or CR is turned into CRLF, in commands and in message data. Only ``CRLF.CRLF`` ends DATA.
+    #: A bare LF or CR in message data is turned into CRLF; a bare LF also ends a command line (a bare CR
+    #: stays part of it). Only ``CRLF.CRLF`` ends DATA.
     NORMALIZE = "normalize"
     #: Bare CR and LF pass through as message content (a bare LF also ends a command line). Only ``CRLF.CRLF``
     #: ends DATA. This is what most servers do, and it hands the ambiguity on to whoever relays the message.
@@ -97,8 +98,9 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.max_command_line < 512:
             raise ValueError("max_command_line must be at least 512 (RFC 5321 §4.5.3.1.4)")
-        if self.max_message_size is not None and self.max_message_size < 0:
-            raise ValueError("max_message_size must be >= 0 or None")
+        if self.max_message_size is not None and self.max_message_size < 1:
+            # RFC 1870 §4: "SIZE 0" in the EHLO reply means no limit at all, so 0 cannot mean "nothing".
+            raise ValueError("max_message_size must be >= 1, or None for no limit")
         if self.max_recipients < 1 or self.max_errors < 1 or self.max_unauthenticated_commands < 1:
             raise ValueError("limits must be at least 1")
         unknown = set(self.auth_methods) - MECHANISMS
@@ -114,3 +116,10 @@ class ServerConfig:
             raise ValueError("disabled_commands must be upper case")
         if any(c in self.hostname for c in " \r\n\x00") or not self.hostname:
             raise ValueError(f"bad hostname {self.hostname!r}")
+        if len(self.hostname) > 255:
+            raise ValueError("hostname must be at most 255 characters (RFC 5321 §4.5.3.1.2)")
+        if not self.banner.isprintable() or len(self.banner) > 100:
+            # The greeting is one reply line (RFC 5321 §4.5.3.1.5); no control characters on the wire.
+            raise ValueError(
+                f"banner must be printable text of at most 100 characters: {self.banner!r}"
+            )

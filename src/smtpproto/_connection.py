@@ -482,13 +482,19 @@ class ServerConnection:
             if self._unauthenticated_commands >= self.config.max_unauthenticated_commands:
                 self._fail(Reply(421, "Too many unauthenticated commands", "4.7.0"))
         after = transition(self._state, command)
+        # RFC 4954 §6 (CONFORMANCE AUTH-15): after HELO/EHLO, MAIL, RCPT, DATA and VRFY get 530 until AUTH
+        # succeeds, ahead of RCPT's and DATA's "need MAIL" (reached only by authenticating anyway).
+        needs_auth = command in _NEEDS_AUTH and self.config.auth_required and self._user is None
         if after is None:
-            if command is Command.DATA and self._buffer:
+            if command is Command.DATA and self._buffer and self._state is not _S.REFUSED:
                 # Text pipelined behind a DATA that cannot succeed would run as commands (PIPE-05,
-                # SMUG-07). In LMTP a DATA without recipients MUST get 503 (RFC 2033 §4.2).
+                # SMUG-07). In LMTP a DATA without recipients MUST get 503 (RFC 2033 §4.2). A refused
+                # session can open no transaction, and must wait for QUIT (RFC 5321 §3.1).
                 self._fail(self._sync_reply(503 if self.config.lmtp else 554))
+            if needs_auth and self._state is _S.READY:
+                return self._queue_again(Reply(530, "Authentication required", "5.7.0"))
             return self._error(Reply(503, sequence_error(self._state, command), "5.5.1"))
-        if command in _NEEDS_AUTH and self.config.auth_required and self._user is None:
+        if needs_auth:
             return self._queue_again(Reply(530, "Authentication required", "5.7.0"))
         if command is Command.NOOP:
             return self._queue_again(
@@ -604,7 +610,7 @@ class ServerConnection:
         if not topic:
             return self._queue_again(Reply(214, _HELP, "2.0.0"))
         command = Command.__members__.get(topic)
-        if command is None or not self._enabled(command):
+        if command is None or not self._enabled(command) or command in NOT_IMPLEMENTED:
             # RFC 5321 §4.2.3 "504 Command parameter not implemented" (CONFORMANCE CORE-42).
             return self._queue_again(Reply(504, "No help on that topic", "5.5.4"))
         return self._queue_again(Reply(214, f"{command.value}: {_HELP}", "2.0.0"))
@@ -627,8 +633,11 @@ class ServerConnection:
     # -- AUTH (RFC 4954) ----------------------------------------------------------------------------------
 
     def _auth(self, argument: str, after: SessionState) -> _ReadResult:
-        words = argument.split(" ")
-        if not words[0] or len(words) > 2:
+        # RFC 5321 §4.1.1: trailing white space is tolerated, not taken for an empty initial response.
+        # Anything after the mechanism is the initial response, so one with a space in it is bad base64
+        # (501 5.5.2, CONFORMANCE AUTH-06) rather than an extra argument.
+        name, space, initial = argument.rstrip(" ").partition(" ")
+        if not name:
             return self._error(Reply(501, "Syntax: AUTH mechanism [initial-response]", "5.5.4"))
         if self._user is not None:
             return self._error(Reply(503, "Already authenticated", "5.5.1"))
@@ -636,12 +645,13 @@ class ServerConnection:
             return self._error(
                 Reply(538, "Encryption required for requested authentication mechanism", "5.7.11")
             )
-        mechanism = words[0].upper()
+        # ASCII only: str.upper() maps some non-ASCII letters (such as U+0131) onto ASCII ones.
+        mechanism = name.upper() if name.isascii() else name
         if mechanism not in self.config.auth_methods:
             return self._error(Reply(504, "Unrecognized authentication type", "5.5.4"))
         self._sasl = conversation(
             mechanism,
-            words[1] if len(words) == 2 else None,
+            initial if space else None,
             hostname=self.config.hostname,
             nonce=self.config.nonce_factory or _no_nonce,
         )
@@ -661,9 +671,14 @@ class ServerConnection:
             if exc.reply.code == 535:
                 return self._auth_failure(exc.reply)
             return self._error(exc.reply)
-        self._queue(Reply(334, challenge))
+        self._challenge(challenge)
         self._reader = self._read_auth_line
         return _AGAIN
+
+    def _challenge(self, payload: str) -> None:
+        # RFC 4954 §4: continue-req = "334" SP [base64] CRLF — the space stays even when the payload is
+        # empty, whatever Reply does with empty text. The payload is base64 (ASCII) from _sasl.py.
+        self._out.append(b"334 " + payload.encode("ascii") + b"\r\n")
 
     def _end_sasl(self) -> None:
         self._sasl = None
@@ -671,9 +686,9 @@ class ServerConnection:
 
     def _read_auth_line(self) -> _ReadResult:
         line = self._take_auth_line()
-        return None if line is None else self._sasl_step(line)
+        return line if line is None or isinstance(line, _Again) else self._sasl_step(line)
 
-    def _take_auth_line(self) -> str | None:
+    def _take_auth_line(self) -> str | _Again | None:
         """The next SASL response line, or None; an over-long one ends the exchange with 500 5.5.6."""
         line = self._buffer.take_line(self._line_end)
         if line is None:
@@ -684,6 +699,11 @@ class ServerConnection:
                 self._buffer.discard(keep_tail=1 if self._buffer.data.endswith(b"\r") else 0)
                 self._discarding_line = True
             return None
+        if len(line) + len(self._line_end) > self.config.max_auth_line:
+            # The same line arrived whole: same answer as above, so the split of the input cannot matter.
+            self._end_sasl()
+            self._auth_refusal = None
+            return self._error(Reply(500, "Line too long", "5.5.6"))
         if self._line_end == b"\n" and line.endswith(b"\r"):
             line = line[:-1]
         return line.decode(
@@ -701,6 +721,11 @@ class ServerConnection:
             self._user = event.username
             self._queue(reply)
             return
+        if reply.code == 421:
+            # RFC 5321 §3.8: the server is closing the channel; no error challenge, nothing more is read.
+            self._queue(reply)
+            self._close()
+            return
         self._auth_failures += 1
         if self._auth_failures > self.config.max_auth_failures:
             self._fatal_after_send(Reply(421, "Too many authentication failures", "4.7.0"))
@@ -711,15 +736,15 @@ class ServerConnection:
             return
         # XOAUTH2 / OAUTHBEARER: the error travels as a 334 challenge; the client acknowledges it with one
         # line, and only then does the final refusal go out.
-        self._queue(Reply(334, challenge))
+        self._challenge(challenge)
         self._auth_refusal = reply
         self._sasl_mechanism = event.mechanism
         self._reader = self._read_auth_refusal_ack
 
     def _read_auth_refusal_ack(self) -> _ReadResult:
         line = self._take_auth_line()
-        if line is None:
-            return None
+        if line is None or isinstance(line, _Again):
+            return line
         refusal, self._auth_refusal = self._auth_refusal, None
         assert refusal is not None
         self._reader = self._read_command

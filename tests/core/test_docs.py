@@ -9,7 +9,9 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_state_diagram_is_current() -> None:
-    spec = importlib.util.spec_from_file_location("make_state_diagram", DOCS / "make_state_diagram.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_state_diagram", DOCS / "make_state_diagram.py"
+    )
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)

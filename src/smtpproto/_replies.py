@@ -74,12 +74,9 @@ class Reply:
         out = []
         for i, line in enumerate(lines):
             text = f"{prefix}{line}"
-            if i == last:
-                # RFC 5321 §4.2: a space must be followed by text, so an empty last line is the bare code;
-                # but RFC 4954 §4 spells an empty SASL challenge "334 " with its space.
-                sep = " " if text or self.code == 334 else ""
-            else:
-                sep = "-"
+            # RFC 5321 §4.2: a space must be followed by text, so an empty last line is the bare code;
+            # but RFC 4954 §4 spells an empty SASL challenge "334 " with its space.
+            sep = "-" if i != last else (" " if text or self.code == 334 else "")
             out.append(f"{code}{sep}{text}\r\n")
         return "".join(out).encode("utf-8")
 

@@ -66,6 +66,10 @@ class Extensions:
     smtputf8: bool
     dsn: bool
     secure: bool
+    #: REQUIRETLS is advertised over TLS (not hidden).
+    requiretls: bool
+    #: The server speaks AUTH, so the MAIL ``AUTH=`` parameter exists (RFC 4954 §5).
+    auth: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +180,7 @@ def parse_mail(argument: str, ext: Extensions) -> MailArgument:
             params[key] = body
         elif key == "SMTPUTF8" and ext.smtputf8:
             _flag(params, key)
-        elif key == "REQUIRETLS":
+        elif key == "REQUIRETLS" and (ext.requiretls or not ext.secure):
             _flag(params, key)
             if not ext.secure:
                 raise CommandError(Reply(530, "REQUIRETLS needs a TLS connection", "5.7.10"))
@@ -187,7 +191,7 @@ def parse_mail(argument: str, ext: Extensions) -> MailArgument:
             params[key] = ret
         elif key == "ENVID" and ext.dsn:
             params[key] = _xtext(params, key, _MAX_ENVID)
-        elif key == "AUTH":
+        elif key == "AUTH" and ext.auth:
             value = _value(params, key)
             params[key] = value if value == "<>" else _xtext(params, key, 500)
         else:

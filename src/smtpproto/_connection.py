@@ -373,6 +373,8 @@ class ServerConnection:
             smtputf8=smtputf8_offered(cfg),
             dsn=not cfg.hide_dsn,
             secure=self._secure,
+            requiretls=not cfg.hide_requiretls,
+            auth=auth_enabled(cfg),
         )
 
     def _queue(self, reply: Reply) -> None:

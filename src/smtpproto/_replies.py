@@ -9,8 +9,11 @@ from functools import lru_cache
 __all__ = ["Reply"]
 
 _ENHANCED_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
-# RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its CRLF; keep text well under that.
-MAX_TEXT_LINE = 400
+# RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its CRLF. Code, separator, an enhanced code
+# of up to 11 octets and CRLF leave 496; keep a margin.
+MAX_TEXT_LINE = 480
+# Control characters (C0, DEL, C1) could end the reply early, forge another or upset terminals and logs.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +22,7 @@ class Reply:
 
     ``text`` is a single line or a tuple of lines (a multi-line reply). Validation happens here, at the trust
     boundary, so an application can never put a second reply on the wire: codes must be 200–599, text may not
-    contain CR, LF or NUL, and ``enhanced`` (RFC 3463, e.g. ``"5.1.1"``) must agree with the code's class.
+    contain control characters (CR, LF, NUL, ESC, ...) and must fit a 512-octet reply line, and ``enhanced`` (RFC 3463, e.g. ``"5.1.1"``) must agree with the code's class.
 
     ``enhanced=None`` on a 2xx/4xx/5xx reply lets the connection fill in a default from the code when
     enhanced status codes are enabled.
@@ -38,10 +41,12 @@ class Reply:
         for line in lines:
             if not isinstance(line, str):
                 raise TypeError(f"reply text lines must be str, not {type(line).__name__}")
-            if "\r" in line or "\n" in line or "\x00" in line:
-                raise ValueError(f"reply text may not contain CR, LF or NUL: {line!r}")
-            if len(line) > MAX_TEXT_LINE:
-                raise ValueError(f"reply text lines are limited to {MAX_TEXT_LINE} characters")
+            if _CONTROL_RE.search(line):
+                raise ValueError(
+                    f"reply text may not contain control characters (CR, LF or NUL, ...): {line!r}"
+                )
+            if len(line) > MAX_TEXT_LINE // 4 and len(line.encode("utf-8")) > MAX_TEXT_LINE:
+                raise ValueError(f"reply text lines are limited to {MAX_TEXT_LINE} octets (UTF-8)")
         if self.enhanced is not None:
             if not _ENHANCED_RE.fullmatch(self.enhanced):
                 raise ValueError(f"not an enhanced status code: {self.enhanced!r}")

@@ -395,4 +395,4 @@ def test_core_69_reply_lines_stay_short() -> None:
         assert line.isascii()
         assert all(32 <= byte < 127 for byte in line)
     with pytest.raises(ValueError, match="limited"):
-        Reply(550, "x" * 401)
+        Reply(550, "x" * 481)

@@ -76,11 +76,15 @@ def test_reply_text_shape() -> None:
         Reply(250, ())
     with pytest.raises(TypeError, match="must be str"):
         Reply(250, ("ok", b"bytes"))  # type: ignore[arg-type]
-    assert Reply(250, "x" * 400).text == "x" * 400
-    with pytest.raises(ValueError, match="400"):
-        Reply(250, "x" * 401)
-    with pytest.raises(ValueError, match="400"):
-        Reply(250, ("ok", "x" * 401))
+    assert Reply(250, "x" * 480).text == "x" * 480
+    assert Reply(250, "\u00e9" * 240).text == "\u00e9" * 240  # 480 octets in UTF-8
+    with pytest.raises(ValueError, match="480 octets"):
+        Reply(250, "x" * 481)
+    with pytest.raises(ValueError, match="480 octets"):
+        Reply(250, ("ok", "\u00e9" * 241))
+    for control in ("\x1b[2J", "\x7f", "\x01", "\x85", "\t"):
+        with pytest.raises(ValueError, match="control characters"):
+            Reply(550, f"a{control}b")
 
 
 @pytest.mark.parametrize(

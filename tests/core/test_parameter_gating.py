@@ -10,7 +10,8 @@ from .helpers import replies, session
 def test_rtls_03_requiretls_hidden_over_tls_is_unsupported() -> None:
     config = ServerConfig(secure=True, hide_requiretls=True)
     out, _ = session(b"EHLO c.test\r\nMAIL FROM:<a@b.test> REQUIRETLS\r\n", config)
-    assert not any(line.endswith("REQUIRETLS") for line in out.decode().split("\r\n"))
+    ehlo = [line for line in out.decode().split("\r\n") if line.startswith("250")]
+    assert not any(line.endswith("REQUIRETLS") for line in ehlo)
     assert replies(out)[-1].startswith("555 5.5.4")
 
 

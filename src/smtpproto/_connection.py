@@ -58,10 +58,10 @@ from ._sasl import Conversation, SASLError, conversation, failure_challenge, fai
 from ._state import (
     NOT_IMPLEMENTED,
     PRIVACY_COMMANDS,
+    TRANSITIONS,
     Command,
     SessionState,
     sequence_error,
-    transition,
 )
 
 __all__ = ["ServerConnection", "TLSDetails"]
@@ -144,11 +144,18 @@ class ServerConnection:
         self._out: list[bytes] = []
         self._flushed = False  # whether data_to_send() has handed out any bytes
         self._enhanced = enhanced_codes(cfg)
+        self._wire_form = 0 if self._enhanced else 1  # index into Reply._wire
         self._line_end = b"\r\n" if cfg.line_endings is LineEndings.REJECT else b"\n"
         self._secure = cfg.secure
         self._tls: TLSDetails | None = None
         self._tls_pending = False
         self._extensions = self._make_extensions()
+        self._reject_bare = cfg.line_endings is LineEndings.REJECT
+        # The verbs this session knows, looked up by the verb's text on every command line.
+        self._verbs = {command.value: command for command in Command if self._enabled(command)}
+        self._privacy_disabled = frozenset(
+            command for command in PRIVACY_COMMANDS if command.value in cfg.disabled_commands
+        )
         self._reader: Callable[[], _ReadResult] = (
             self._read_proxy if cfg.use_proxy else self._read_command
         )
@@ -263,42 +270,48 @@ class ServerConnection:
         event = self._awaiting
         if event is None:
             raise LocalProtocolError("no reply is due: wait for a decision event")
-        if isinstance(event, DataStart):
-            if reply.code != 354 and reply.code < 400:
+        # Exact type checks: events are final classes, and this runs for every reply (the hot path).
+        kind = type(event)
+        code = reply.code
+        accepted = code < 400
+        if kind is DataStart:
+            if accepted and code != 354:
                 raise LocalProtocolError("DataStart takes 354 (accept) or a 4xx/5xx reply")
-        elif reply.code // 100 == 3:
-            raise LocalProtocolError(f"a 3xx reply does not answer {type(event).__name__}")
-        accepted = reply.code < 400
-        if isinstance(event, DataStart) and not accepted and self._buffer:
-            # The client sent text behind a DATA that is now refused: it would run as commands (SMUG-07).
-            self._sync_error()
-            return
-        reply = self._with_enhanced(reply, event)
+            if not accepted and self._buffer:
+                # The client sent text behind a DATA that is now refused: it would run as commands
+                # (SMUG-07).
+                self._sync_error()
+                return
+        elif 300 <= code < 400:
+            raise LocalProtocolError(f"a 3xx reply does not answer {kind.__name__}")
+        if reply.enhanced is None:
+            reply = self._with_enhanced(reply, event)
         self._replies_owed -= 1
         if not self._replies_owed:
             self._awaiting = None
         if isinstance(event, AuthRequest):
             self._answer_auth(event, reply, accepted)
             return
-        if isinstance(event, XClient) and accepted:
+        if accepted and isinstance(event, XClient):
             self._apply_xclient(event)
             return
-        self._queue(reply)
-        if reply.code == 421:
+        self._out.append(reply._wire[self._wire_form])
+        if code == 421:
             # RFC 5321 §3.8: a 421 says the server is closing the channel; nothing more is read.
             self._close()
             return
-        if isinstance(event, MailFrom) and accepted:
-            self._transaction_utf8 = event.args.get("SMTPUTF8") is True
-        elif isinstance(event, RcptTo) and accepted:
-            self._recipients += 1
+        if accepted:
+            if kind is RcptTo:
+                self._recipients += 1
+            elif isinstance(event, MailFrom):
+                self._transaction_utf8 = event.args.get("SMTPUTF8") is True
         if self._replies_owed:
             return
-        if isinstance(event, DataEnd):
+        if kind is DataEnd:
             self._end_transaction(_S.READY)
-        elif accepted and not isinstance(event, Verify):
+        elif accepted and kind is not Verify:
             self._state = self._on_accept
-            if isinstance(event, DataStart):
+            if kind is DataStart:
                 self._start_data()
 
     def tls_established(
@@ -378,7 +391,7 @@ class ServerConnection:
         )
 
     def _queue(self, reply: Reply) -> None:
-        self._out.append(reply.to_bytes(enhanced=self._enhanced))
+        self._out.append(reply._wire[self._wire_form])
 
     def _with_enhanced(self, reply: Reply, event: DecisionEvent) -> Reply:
         if reply.enhanced is not None or reply.code // 100 == 3:
@@ -462,19 +475,19 @@ class ServerConnection:
             return self._error(Reply(500, "Line too long", "5.5.6"))
         if self._line_end == b"\n" and line.endswith(b"\r"):
             line = line[:-1]
-        if self.config.line_endings is LineEndings.REJECT and (b"\n" in line or b"\r" in line):
+        if self._reject_bare and (b"\n" in line or b"\r" in line):
             return self._error(Reply(500, "Bare CR or LF in command line", "5.5.2"))
         text = line.decode("ascii") if line.isascii() else line.decode("utf-8", "surrogateescape")
         return self._dispatch(text)
 
     def _dispatch(self, line: str) -> _ReadResult:
         verb, argument = split_command(line)
-        command = Command.__members__.get(verb) if verb else None
-        if command is None or not self._enabled(command):
+        command = self._verbs.get(verb) if verb else None
+        if command is None:
             if _HTTP_RE.fullmatch(line):
                 self._fail(Reply(421, "HTTP requests not allowed", "4.7.0"))
             return self._error(Reply(500, "Command not recognized", "5.5.2"))
-        if command.value in self.config.disabled_commands:
+        if command in self._privacy_disabled:
             # VRFY or EXPN disabled for privacy (see _enabled): RFC 5321 §7.3 demands 252.
             return self._queue_again(Reply(252, _CANNOT_VERIFY, "2.0.0"))
         if command in NOT_IMPLEMENTED:
@@ -483,7 +496,7 @@ class ServerConnection:
             self._unauthenticated_commands += 1
             if self._unauthenticated_commands >= self.config.max_unauthenticated_commands:
                 self._fail(Reply(421, "Too many unauthenticated commands", "4.7.0"))
-        after = transition(self._state, command)
+        after = TRANSITIONS.get((self._state, command))
         # RFC 4954 §6 (CONFORMANCE AUTH-15): after HELO/EHLO, MAIL, RCPT, DATA and VRFY get 530 until AUTH
         # succeeds, ahead of RCPT's and DATA's "need MAIL" (reached only by authenticating anyway).
         needs_auth = command in _NEEDS_AUTH and self.config.auth_required and self._user is None

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 
 __all__ = ["Reply"]
 
@@ -21,8 +20,9 @@ class Reply:
     """An SMTP reply: a three-digit ``code``, one or more lines of ``text`` and an optional enhanced code.
 
     ``text`` is a single line or a tuple of lines (a multi-line reply). Validation happens here, at the trust
-    boundary, so an application can never put a second reply on the wire: codes must be 200–599, text may not
-    contain control characters (CR, LF, NUL, ESC, ...) and must fit a 512-octet reply line, and ``enhanced`` (RFC 3463, e.g. ``"5.1.1"``) must agree with the code's class.
+    boundary, so an application can never put a second reply on the wire: codes must be 200–599, text may
+    not contain control characters (CR, LF, NUL, ESC, ...) and must fit a 512-octet reply line, and
+    ``enhanced`` (RFC 3463, e.g. ``"5.1.1"``) must agree with the code's class.
 
     ``enhanced=None`` on a 2xx/4xx/5xx reply lets the connection fill in a default from the code when
     enhanced status codes are enabled.
@@ -31,6 +31,11 @@ class Reply:
     code: int
     text: str | tuple[str, ...] = ""
     enhanced: str | None = None
+    # The wire form with and without the enhanced code, rendered once: most replies a server sends are the
+    # same few constant objects.
+    _wire: tuple[bytes, bytes] = field(
+        init=False, repr=False, compare=False, hash=False, default=(b"", b"")
+    )
 
     def __post_init__(self) -> None:
         if type(self.code) is not int or not 200 <= self.code <= 599:
@@ -56,6 +61,7 @@ class Reply:
                 raise ValueError(
                     f"enhanced code {self.enhanced} disagrees with reply code {self.code}"
                 )
+        object.__setattr__(self, "_wire", (self._render(True), self._render(False)))
 
     @property
     def lines(self) -> tuple[str, ...]:
@@ -69,7 +75,7 @@ class Reply:
 
     def to_bytes(self, *, enhanced: bool = True) -> bytes:
         """Render the reply as it goes on the wire; ``enhanced=False`` leaves the enhanced code out."""
-        return _render(self, enhanced)
+        return self._wire[0 if enhanced else 1]
 
     def _render(self, enhanced: bool) -> bytes:
         code = str(self.code)
@@ -84,7 +90,3 @@ class Reply:
             sep = "-" if i != last else (" " if text or self.code == 334 else "")
             out.append(f"{code}{sep}{text}\r\n")
         return "".join(out).encode("utf-8")
-
-
-# Most replies a server sends are the same few objects; render each once.
-_render = lru_cache(maxsize=512)(Reply._render)

@@ -34,7 +34,9 @@ def render() -> str:
         "    [*] --> GREETED: 220",
         "    [*] --> REFUSED: 554 (refuse_service)",
     ]
-    for (before, after), commands in sorted(edges.items(), key=lambda item: (item[0][0].value, item[0][1].value)):
+    for (before, after), commands in sorted(
+        edges.items(), key=lambda item: (item[0][0].value, item[0][1].value)
+    ):
         lines.append(f"    {before.value} --> {after.value}: {', '.join(sorted(commands))}")
     lines += ["    DATA --> READY: end of data", "    CLOSED --> [*]", "```", ""]
     return "\n".join(lines)

@@ -1,6 +1,39 @@
-"""Drivers that run :mod:`smtpproto` on real I/O (asyncio, anyio, trio, blocking sockets).
+"""Servers that run :mod:`smtpproto` on real I/O, with one hook API on every backend.
 
-The drivers arrive in a later release; the package exists so that its name and layout are fixed.
+Pick a backend by importing its ``SMTPServer``:
+
+* :mod:`smtpproto_adapters.asyncio` — asyncio (hooks are ``async def``);
+* :mod:`smtpproto_adapters.blocking` — plain sockets, a thread per connection (hooks are plain functions).
+
+This package itself imports no backend library; the names below are shared by all backends.
 """
 
-__all__: list[str] = []
+from smtpproto import Reply, SMTPError
+
+from ._options import ServerOptions
+from ._server import Statistics
+from ._session import Address, Envelope, ProxyInfo, Session, TLSInfo
+from ._stream import (
+    AsyncDataStream,
+    BlockingDataStream,
+    DataStreamError,
+    MessageAborted,
+    MessageRefused,
+)
+
+__all__ = [
+    "Address",
+    "AsyncDataStream",
+    "BlockingDataStream",
+    "DataStreamError",
+    "Envelope",
+    "MessageAborted",
+    "MessageRefused",
+    "ProxyInfo",
+    "Reply",
+    "SMTPError",
+    "ServerOptions",
+    "Session",
+    "Statistics",
+    "TLSInfo",
+]

@@ -1,0 +1,395 @@
+"""The one event→hook pump, shared by every backend.
+
+:func:`run_session` drives one :class:`smtpproto.ServerConnection` over a
+:class:`~smtpproto_adapters._transport.Transport`: bytes from the transport go into the core, each event the
+core produces becomes a hook call (through the backend's :class:`~smtpproto_adapters._hooks.Runner`), each
+hook outcome becomes a reply, and the core's output goes back to the transport. Timeouts, TLS and shutdown
+sit at the edges of that loop.
+
+It is written with ``async``/``await`` but awaits nothing except the transport and the runner, so the
+blocking backend runs the very same coroutine synchronously with :func:`drive` (its transport and runner
+never suspend), and asyncio/anyio/trio simply await it.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import smtpproto
+from smtpproto import Reply
+
+from ._hooks import (
+    INTERNAL_ERROR,
+    Hook,
+    Outcome,
+    Runner,
+    answer,
+    call_hook,
+    is_accept,
+    outcome_of,
+)
+from ._logging import CommandLog, SessionLogger
+from ._server import ServerState
+from ._session import Address, Envelope, Session
+from ._stream import MessageReader
+from ._transport import ShutdownRequested, Transport, drive
+
+__all__ = ["READ_SIZE", "drive", "run_session"]
+
+#: How much one receive asks for: large enough for the DATA fast path, small enough to bound memory.
+READ_SIZE = 65536
+#: How long a reverse DNS lookup may delay the greeting.
+REVERSE_LOOKUP_TIMEOUT = 1.5
+
+
+async def run_session(server: ServerState, transport: Transport, runner: Runner) -> None:
+    """Serve one accepted connection from start to close. Never raises an :class:`Exception`."""
+    if not server.admit():
+        await _refuse(server, transport)
+        return
+    try:
+        await _Pump(server, transport, runner).run()
+    finally:
+        server.release()
+
+
+async def _refuse(server: ServerState, transport: Transport) -> None:
+    """Turn a client away before any hook runs (``max_clients`` reached, or the server is closing)."""
+    try:
+        if not server.options.secure:  # a TLS client could not read a plaintext reply anyway
+            if server.closing:
+                reply = Reply(421, f"{server.hostname} Service shutting down", "4.3.2")
+            else:
+                text = f"{server.hostname} Too many connected clients, try again in a moment"
+                reply = Reply(421, text, "4.7.0")
+            await transport.send(reply.to_bytes(enhanced=server.enhanced_codes))
+    except OSError:
+        pass
+    finally:
+        await transport.aclose()
+
+
+class _Pump:
+    """The state of one session's loop."""
+
+    def __init__(self, server: ServerState, transport: Transport, runner: Runner) -> None:
+        self.server = server
+        self.options = server.options
+        self.hooks = server.hooks
+        self.transport = transport
+        self.runner = runner
+        self.session = Session(
+            remote_address=transport.remote_address,
+            remote_port=transport.remote_port,
+            local_address=transport.local_address,
+            local_port=transport.local_port,
+            lmtp=server.options.lmtp,
+        )
+        self.log = SessionLogger(server.logger, self.session.id)
+        self.commands = CommandLog(self.log)
+        self.conn = smtpproto.ServerConnection(server.config_for(transport.remote_address))
+        self.hold_output = True  # nothing is written before on_connect has decided
+        self.broken = False  # a write failed: never write again
+        self.closed_event: smtpproto.ConnectionClosed | None = None
+
+    # -- the session ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        connected = False
+        try:
+            self.log.info(
+                "connection from %s:%s", self.session.remote_address, self.session.remote_port
+            )
+            if await self._before_connect():
+                connected = True
+                if await self._connect():
+                    await self._loop()
+        except Exception:
+            self.server.count("errors")
+            self.log.exception("session failed")
+        finally:
+            await self.transport.aclose()
+            if connected and self.hooks.on_close is not None:
+                await self._call(self.hooks.on_close, "on_close", self.session)
+            self.log.info("connection closed")
+
+    async def _before_connect(self) -> bool:
+        """PROXY header, reverse DNS and implicit TLS: everything before on_connect may run."""
+        session = self.session
+        if self.conn.config.use_proxy:
+            event = await self._next()
+            if not isinstance(event, smtpproto.ProxyHeader):
+                return False  # malformed header, EOF or timeout: close without a word
+            self.session.apply_proxy(event)
+            self.log.info("PROXY: client is %s:%s", session.remote_address, session.remote_port)
+        session.client_hostname = f"[{session.remote_address}]"
+        if not self.options.disable_reverse_lookup:
+            name = await self.runner.reverse_lookup(session.remote_address, REVERSE_LOOKUP_TIMEOUT)
+            if name:
+                session.client_hostname = name.rstrip(".").lower()
+        if self.options.secure:
+            return await self._handshake()
+        return True
+
+    async def _connect(self) -> bool:
+        """on_connect, and on_secure for implicit TLS; then let the greeting out."""
+        if self.hooks.on_connect is not None:
+            outcome = await self._call(self.hooks.on_connect, "on_connect", self.session)
+            if not is_accept(outcome):
+                await self._refuse_session(outcome, "Service not available")
+                return False
+        if self.session.secure and self.hooks.on_secure is not None:
+            outcome = await self._call(self.hooks.on_secure, "on_secure", self.session)
+            if not is_accept(outcome):
+                await self._refuse_session(outcome, "TLS session refused")
+                return False
+        self.hold_output = False
+        return True
+
+    async def _refuse_session(self, outcome: Outcome, text: str) -> None:
+        """Send a connect-time refusal instead of the greeting, then the session ends."""
+        self.conn.data_to_send()  # drop the queued greeting
+        reply = self._closing_reply(outcome, text)
+        await self._write(reply.to_bytes(enhanced=self.server.enhanced_codes))
+
+    def _closing_reply(self, outcome: Outcome, text: str) -> Reply:
+        """The reply that ends a session refused by on_connect/on_secure (RFC 5321 §3.1: 554, or 421)."""
+        if outcome is INTERNAL_ERROR:
+            return Reply(421, f"{self.server.hostname} Internal server error, try again later")
+        if isinstance(outcome, Reply):
+            return outcome
+        return Reply(554, f"{self.server.hostname} {text}")
+
+    async def _loop(self) -> None:
+        while True:
+            event = await self._next()
+            if isinstance(event, smtpproto.ConnectionClosed):
+                await self._flush()
+                return
+            if not await self._handle(event):
+                return
+
+    async def _handle(self, event: object) -> bool:
+        """Act on one event; False ends the session at once (without flushing)."""
+        session, conn = self.session, self.conn
+        if isinstance(event, smtpproto.Hello):
+            session.opening_command = event.command
+            session.host_name_appears_as = event.hostname.lower()
+            session.reset_transaction()
+        elif isinstance(event, smtpproto.MailFrom):
+            address = Address(event.address, event.args)
+            if await self._decide(self.hooks.on_mail_from, "on_mail_from", address, session):
+                session.envelope = Envelope(mail_from=address)
+        elif isinstance(event, smtpproto.RcptTo):
+            address = Address(event.address, event.args)
+            if await self._decide(self.hooks.on_rcpt_to, "on_rcpt_to", address, session):
+                session.envelope.rcpt_to.append(address)
+        elif isinstance(event, smtpproto.DataStart):
+            conn.accept()
+            await self._message()
+        elif isinstance(event, smtpproto.Reset):
+            session.reset_transaction()
+        elif isinstance(event, smtpproto.Verify):
+            conn.accept()
+        elif isinstance(event, smtpproto.Quit | smtpproto.DataChunk | smtpproto.DataEnd):
+            pass  # QUIT: the core answered; data events only arrive inside _message
+        elif isinstance(event, smtpproto.StartTLS):
+            await self._flush()  # the 220 must go out in plaintext before the handshake
+            if not await self._handshake():
+                return False
+        elif isinstance(event, smtpproto.AuthRequest):
+            await self._authenticate(event)
+        elif isinstance(event, smtpproto.XClient):
+            session.apply_xclient(event)
+            conn.accept()
+        elif isinstance(event, smtpproto.XForward):
+            session.apply_xforward(event)
+            conn.accept()
+        else:
+            self.log.debug("ignoring event %r", event)
+        return True
+
+    # -- I/O ----------------------------------------------------------------------------------------------
+
+    async def _next(self) -> object:
+        """The next event from the core, reading the transport as needed; never NEED_DATA or PAUSED."""
+        while self.closed_event is None:
+            try:
+                event = self.conn.next_event()
+            except smtpproto.RemoteProtocolError as exc:
+                self.log.info("closing: %s", exc)
+                if exc.reply is None:
+                    self.conn.data_to_send()  # e.g. a bad PROXY header: no reply at all
+                continue
+            if event is smtpproto.NEED_DATA:
+                await self._fill()
+            elif event is smtpproto.PAUSED:
+                raise RuntimeError("the core waits for a decision the pump did not make")
+            elif isinstance(event, smtpproto.ConnectionClosed):
+                self.closed_event = event
+            else:
+                return event
+        return self.closed_event
+
+    async def _fill(self) -> None:
+        """Flush the replies, then feed the core what the client sends next (or end the session)."""
+        await self._flush()
+        if self.broken:
+            self.conn.receive_data(b"")
+            return
+        try:
+            data = await self.transport.receive(READ_SIZE, self.options.socket_timeout)
+        except TimeoutError:
+            self.log.info("idle for %ss: closing", self.options.socket_timeout)
+            self.conn.shutdown(
+                Reply(421, f"{self.server.hostname} Timeout - closing connection", "4.4.2")
+            )
+            return
+        except ShutdownRequested:
+            self.conn.shutdown()  # 421 4.3.2
+            return
+        except OSError as exc:
+            self.log.info("connection lost: %s", exc)
+            self.broken = True
+            data = b""
+        self.commands.received(data)
+        self.conn.receive_data(data)
+
+    async def _flush(self) -> None:
+        if not self.hold_output:
+            data = self.conn.data_to_send()
+            if data:
+                await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        if self.broken:
+            return
+        self.commands.sent(data)
+        try:
+            await self.transport.send(data)
+        except OSError as exc:
+            # The state of a failed write is unknown: never write on this connection again.
+            self.log.info("send failed: %s", exc)
+            self.broken = True
+
+    async def _handshake(self) -> bool:
+        tls = self.server.tls
+        if tls is None:  # the core only offers STARTTLS when TLS is available
+            raise RuntimeError("TLS requested but no TLS context")
+        try:
+            info = await self.transport.start_tls(tls.context, self.options.socket_timeout)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self.server.count("tls_failures")
+            self.log.warning("TLS handshake failed: %s", exc)
+            self.broken = True
+            return False
+        session = self.session
+        session.secure, session.tls = True, info
+        self.log.info(
+            "TLS established: %s %s (SNI %s)", info.protocol, info.cipher, info.servername
+        )
+        if self.hold_output:  # implicit TLS: on_secure runs in _connect, after on_connect
+            return True
+        self.conn.tls_established(
+            server_name=info.servername, protocol=info.protocol, cipher=info.cipher
+        )
+        session.reset_identity()  # RFC 3207 §4.2: forget everything said in plaintext
+        if self.hooks.on_secure is not None:
+            outcome = await self._call(self.hooks.on_secure, "on_secure", session)
+            if not is_accept(outcome):
+                self.conn.shutdown(self._closing_reply(outcome, "TLS session refused"))
+        return True
+
+    # -- hooks --------------------------------------------------------------------------------------------
+
+    async def _call(self, hook: Hook, name: str, *args: object) -> Outcome:
+        outcome, _ = await call_hook(
+            self.runner, hook, *args, logger=self.log, name=name, on_error=self._hook_failed
+        )
+        return outcome
+
+    def _hook_failed(self) -> None:
+        self.server.count("errors")
+
+    def _answer(self, outcome: Outcome) -> None:
+        """Give a hook's outcome to the core; a reply that cannot answer this event becomes a 451."""
+        try:
+            answer(self.conn, outcome)
+        except smtpproto.LocalProtocolError as exc:
+            self.server.count("errors")
+            self.log.error("a hook's reply %r does not fit: %s", outcome, exc)
+            answer(self.conn, INTERNAL_ERROR)
+
+    async def _decide(self, hook: Hook | None, name: str, *args: object) -> bool:
+        """Ask ``hook`` (accept if there is none), answer the core, and say whether it accepted."""
+        outcome: Outcome = True if hook is None else await self._call(hook, name, *args)
+        self._answer(outcome)
+        return is_accept(outcome)
+
+    async def _authenticate(self, auth: smtpproto.AuthRequest) -> None:
+        hook = self.hooks.on_auth
+        if hook is None:
+            self.conn.reject()
+            return
+        outcome, result = await call_hook(
+            self.runner,
+            hook,
+            auth,
+            self.session,
+            logger=self.log,
+            name="on_auth",
+            on_error=self._hook_failed,
+        )
+        self._answer(outcome)
+        if is_accept(outcome):
+            plain = result is None or isinstance(result, bool | Reply)
+            self.session.user = auth.username if plain else result
+            self.log.info("authenticated as %r (%s)", auth.username, auth.mechanism)
+        else:
+            self.log.info("authentication failed for %r (%s)", auth.username, auth.mechanism)
+
+    # -- DATA ---------------------------------------------------------------------------------------------
+
+    async def _message(self) -> None:
+        """The DATA phase: on_data reads the message through a stream; then the final reply (or replies)."""
+        source = MessageReader(self._next, self.conn.config.max_message_size, self.log)
+        self.commands.start_data()
+        result: object = None
+        if self.hooks.on_data is None:
+            outcome: Outcome = True
+        else:
+            stream = self.runner.data_stream(source)
+            outcome, result = await call_hook(
+                self.runner,
+                self.hooks.on_data,
+                stream,
+                self.session,
+                logger=self.log,
+                name="on_data",
+                on_error=self._hook_failed,
+            )
+        await source.drain()  # whatever the hook left unread is read and discarded
+        end = source.end
+        if end is None:  # the client went away, timed out, or the server is shutting down
+            return
+        self.commands.end_data(end.size)
+        self.server.count("bytes", end.size)
+        if end.refusal is None:
+            outcomes = self._final_outcomes(outcome, result)
+            for each in outcomes:
+                self._answer(each)
+            if any(is_accept(each) for each in outcomes):
+                self.server.count("messages")
+        self.session.transaction += 1
+        self.session.reset_transaction()
+
+    def _final_outcomes(self, outcome: Outcome, result: object) -> list[Outcome]:
+        """One outcome per reply the core wants: one in SMTP, one per accepted recipient in LMTP."""
+        owed = self.conn.replies_owed
+        if isinstance(result, list | tuple):
+            if self.options.lmtp and len(result) == owed:
+                return [outcome_of(each) for each in result]
+            self.server.count("errors")
+            self.log.error("on_data returned %d outcomes for %d recipients", len(result), owed)
+            return [INTERNAL_ERROR] * owed
+        return [outcome] * owed

@@ -1,0 +1,314 @@
+"""SMTPServer on asyncio: one Protocol and one task per connection, STARTTLS through ``loop.start_tls``.
+
+Usage::
+
+    server = SMTPServer(handler, size=10_000_000)
+    async with server:
+        await server.listen(2525)
+        await server.serve_forever()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from types import TracebackType
+from typing import Any, Self
+
+from ._hooks import Hook
+from ._options import ServerOptions
+from ._pump import run_session
+from ._server import ServerState, Statistics, build_options
+from ._session import TLSInfo
+from ._stream import AsyncStream, MessageSource
+from ._transport import SendGuard, ShutdownRequested, tls_info
+
+__all__ = ["SMTPServer"]
+
+# Stop reading the socket while this much received data waits for the pump (TCP back-pressure).
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+#: After close_timeout and the 421, how long sessions still inside a hook get before they are cancelled.
+_HOOK_GRACE = 5.0
+
+
+class SMTPServer:
+    """An SMTP/LMTP server on asyncio. Hooks are ``async def`` methods of ``handler``.
+
+    ``SMTPServer(handler, options=None, **option_overrides)``; see :class:`ServerOptions` for the options.
+    """
+
+    def __init__(
+        self, handler: object, options: ServerOptions | None = None, **option_overrides: Any
+    ) -> None:
+        self._state = ServerState(
+            handler, build_options(options, option_overrides), asynchronous=True
+        )
+        self._servers: list[asyncio.Server] = []
+        self._connections: set[_Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed: asyncio.Event | None = None
+        self._closing: asyncio.Future[None] | None = None
+        self._runner = _Runner()
+
+    @property
+    def options(self) -> ServerOptions:
+        """The options in effect."""
+        return self._state.options
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets."""
+        return [sock for server in self._servers for sock in server.sockets]
+
+    @property
+    def port(self) -> int:
+        """The port of the first listening socket (useful after ``listen(0)``)."""
+        if not self._servers:
+            raise RuntimeError("not listening")
+        return int(self.sockets[0].getsockname()[1])
+
+    def statistics(self) -> Statistics:
+        """A snapshot of the server's counters."""
+        return self._state.statistics()
+
+    async def listen(self, port: int = 0, host: str = "127.0.0.1") -> None:
+        """Start accepting connections on ``host``:``port`` (port 0 picks a free one). May be repeated."""
+        if self._state.closing:
+            raise RuntimeError("the server is closed")
+        loop = asyncio.get_running_loop()
+        self._closed = self._closed or asyncio.Event()
+        server = await loop.create_server(
+            lambda: _Connection(self), host, port, backlog=1024, reuse_address=True
+        )
+        self._servers.append(server)
+        self._state.logger.info("listening on %s", [s.getsockname() for s in server.sockets])
+
+    async def serve_forever(self) -> None:
+        """Wait until :meth:`close` has finished (connections are served from :meth:`listen` on)."""
+        if self._closed is None:
+            raise RuntimeError("call listen() first")
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        """Stop accepting, let sessions finish for ``close_timeout``, then send them 421 and close."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        self._state.closing = True
+        for server in self._servers:
+            server.close()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self._state.options.close_timeout)
+        for connection in list(self._connections):
+            connection.interrupt()  # idle sessions get their 421 4.3.2 now
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=_HOOK_GRACE)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        for server in self._servers:
+            await server.wait_closed()
+        if self._closed is not None:
+            self._closed.set()
+        self._state.logger.info("server closed")
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _start(self, connection: _Connection) -> None:
+        task = asyncio.get_running_loop().create_task(
+            run_session(self._state, connection, self._runner)
+        )
+        self._connections.add(connection)
+        self._tasks.add(task)
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            self._connections.discard(connection)
+
+        task.add_done_callback(done)
+
+
+class _Runner:
+    """Hooks are awaited in the session's task; reverse DNS runs in the loop's executor."""
+
+    async def call(self, hook: Hook, *args: Any) -> Any:
+        return await hook(*args)
+
+    def data_stream(self, source: MessageSource) -> AsyncStream:
+        return AsyncStream(source)
+
+    async def reverse_lookup(self, address: str, timeout: float) -> str | None:
+        loop = asyncio.get_running_loop()
+        try:
+            host, _ = await asyncio.wait_for(
+                loop.getnameinfo((address, 0), socket.NI_NAMEREQD), timeout
+            )
+        except (OSError, TimeoutError, UnicodeError):
+            return None
+        return str(host)
+
+
+class _Connection(asyncio.Protocol):
+    """One connection: an asyncio Protocol that is also the pump's Transport."""
+
+    remote_address = ""
+    remote_port = 0
+    local_address = ""
+    local_port = 0
+
+    def __init__(self, server: SMTPServer) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._eof = False
+        self._error: BaseException | None = None
+        self._reading_paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._writing_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._lost = self._loop.create_future()
+        self._interrupted = False
+        self._tls = False
+        self._guard = SendGuard()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        self.remote_address, self.remote_port = str(peer[0]), int(peer[1])
+        self.local_address, self.local_port = str(local[0]), int(local[1])
+        if self._server.options.secure:
+            # Nothing may be read before start_tls takes over the socket, or the ClientHello is lost.
+            transport.pause_reading()
+        self._server._start(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= _HIGH_WATER and not self._reading_paused and self._transport:
+            self._reading_paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        # Keep a plaintext transport open for writing: a client may half-close right after QUIT.
+        return not self._tls
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._error = exc
+        self._wake()
+        if not self._lost.done():
+            self._lost.set_result(None)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _wake(self, exc: BaseException | None = None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+    def interrupt(self) -> None:
+        """Ask the session to end: its current or next receive raises ShutdownRequested."""
+        self._interrupted = True
+        self._wake(ShutdownRequested())
+
+    # -- the pump's Transport -------------------------------------------------------------------------
+
+    async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
+        if self._interrupted:
+            raise ShutdownRequested
+        if not self._buffer and not self._eof:
+            self._waiter = self._loop.create_future()
+            handle = None
+            if timeout is not None:
+                handle = self._loop.call_later(timeout, self._wake, TimeoutError())
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+                if handle is not None:
+                    handle.cancel()
+        if self._buffer:
+            data = bytes(self._buffer[:max_bytes])
+            del self._buffer[:max_bytes]
+            if self._reading_paused and len(self._buffer) < _LOW_WATER and self._transport:
+                self._reading_paused = False
+                self._transport.resume_reading()
+            return data
+        if self._error is not None:
+            raise ConnectionResetError(str(self._error))
+        return b""
+
+    async def send(self, data: bytes) -> None:
+        with self._guard:
+            transport = self._transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("connection closed")
+            transport.write(data)
+            if self._writing_paused:
+                self._drained = self._loop.create_future()
+                timeout = self._server.options.socket_timeout
+                await asyncio.wait_for(self._drained, timeout)
+                if transport.is_closing():
+                    raise ConnectionResetError("connection closed")
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float | None) -> TLSInfo:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        # Plaintext received after STARTTLS is never decrypted or passed on (the core drops its copy too).
+        self._buffer.clear()
+        self._reading_paused = False
+        new = await self._loop.start_tls(
+            transport, self, context, server_side=True, ssl_handshake_timeout=timeout
+        )
+        if new is None:
+            raise ConnectionResetError("connection closed during the TLS handshake")
+        self._transport, self._tls = new, True
+        ssl_object = new.get_extra_info("ssl_object")
+        tls = self._server._state.tls
+        return tls_info(ssl_object, tls.servername(ssl_object) if tls else None)
+
+    async def aclose(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if not transport.is_closing():
+            transport.close()
+        # A client that never reads cannot keep a closing connection around.
+        grace = min(self._server.options.socket_timeout, 5.0)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._lost), grace)
+        except TimeoutError:
+            transport.abort()

@@ -1,0 +1,314 @@
+"""SMTPServer on plain sockets: a thread per connection, no event loop.
+
+The shared async pump runs synchronously here (see :func:`~smtpproto_adapters._transport.drive`): the
+transport below and the hook runner are ``async def`` functions that never suspend. Hooks are plain
+functions and run in the connection's thread.
+
+Usage::
+
+    with SMTPServer(handler, size=10_000_000) as server:
+        server.listen(2525)
+        server.serve_forever()          # until server.close() is called from another thread
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import selectors
+import socket
+import ssl
+import threading
+import time
+from types import TracebackType
+from typing import Any, Self
+
+from ._hooks import Hook
+from ._options import ServerOptions
+from ._pump import run_session
+from ._server import ServerState, Statistics, build_options
+from ._session import TLSInfo
+from ._stream import BlockingStream, MessageSource
+from ._transport import SendGuard, ShutdownRequested, drive, tls_info
+
+__all__ = ["SMTPServer"]
+
+#: After close_timeout and the 421, how long sessions still inside a hook get before their sockets are shut.
+_HOOK_GRACE = 5.0
+
+
+class _Wakeup:
+    """A flag that can also wake a selector (a socketpair that becomes readable once set)."""
+
+    def __init__(self) -> None:
+        self.flag = threading.Event()
+        self._lock = threading.Lock()
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+
+    def fileobj(self) -> socket.socket:
+        with self._lock:
+            if self._pair is None:  # created on first use, so an unused server holds no sockets
+                self._pair = socket.socketpair()
+                self._pair[0].setblocking(False)
+                if self.flag.is_set():
+                    self._pair[1].send(b"!")
+            return self._pair[0]
+
+    def set(self) -> None:
+        with self._lock:
+            if not self.flag.is_set():
+                self.flag.set()
+                if self._pair is not None:
+                    self._pair[1].send(b"!")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pair is not None:
+                for sock in self._pair:
+                    sock.close()
+
+
+class SMTPServer:
+    """An SMTP/LMTP server on blocking sockets and threads. Hooks are plain methods of ``handler``.
+
+    ``SMTPServer(handler, options=None, **option_overrides)``; see :class:`ServerOptions` for the options.
+    """
+
+    def __init__(
+        self, handler: object, options: ServerOptions | None = None, **option_overrides: Any
+    ) -> None:
+        self._state = ServerState(
+            handler, build_options(options, option_overrides), asynchronous=False
+        )
+        self._listeners: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._threads: dict[threading.Thread, _SocketTransport] = {}
+        self._stop_accepting = _Wakeup()
+        self._kill = _Wakeup()
+        self._closed = threading.Event()
+        self._accept_loop_done = threading.Event()
+        self._close_started = False
+        self._serving = False
+        self._resolver = concurrent.futures.ThreadPoolExecutor(4, "smtpproto-dns")
+        self._runner = _Runner(self._resolver)
+
+    @property
+    def options(self) -> ServerOptions:
+        """The options in effect."""
+        return self._state.options
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets."""
+        return list(self._listeners)
+
+    @property
+    def port(self) -> int:
+        """The port of the first listening socket (useful after ``listen(0)``)."""
+        if not self._listeners:
+            raise RuntimeError("not listening")
+        return int(self._listeners[0].getsockname()[1])
+
+    def statistics(self) -> Statistics:
+        """A snapshot of the server's counters."""
+        return self._state.statistics()
+
+    def listen(self, port: int = 0, host: str = "127.0.0.1") -> None:
+        """Bind and listen on ``host``:``port`` (port 0 picks a free one). May be repeated."""
+        if self._state.closing:
+            raise RuntimeError("the server is closed")
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.create_server(address[:2], family=family, backlog=1024)
+        listener.setblocking(False)
+        self._listeners.append(listener)
+        self._state.logger.info("listening on %s", listener.getsockname())
+
+    def serve_forever(self) -> None:
+        """Accept connections in the calling thread until :meth:`close` is called (from another thread)."""
+        if not self._listeners:
+            raise RuntimeError("call listen() first")
+        with self._lock:
+            closing = self._close_started
+            self._serving = not closing
+        if closing:  # close() won the race: nothing to serve
+            self._closed.wait()
+            return
+        with selectors.DefaultSelector() as selector:
+            for listener in self._listeners:
+                selector.register(listener, selectors.EVENT_READ)
+            selector.register(self._stop_accepting.fileobj(), selectors.EVENT_READ)
+            while not self._stop_accepting.flag.is_set():
+                for key, _ in selector.select():
+                    if key.fileobj is self._stop_accepting.fileobj():
+                        break
+                    self._accept(key.fileobj)  # type: ignore[arg-type]
+        self._close_listeners()
+        self._accept_loop_done.set()
+        self._closed.wait()
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another thread or a reset connection got there first
+        except OSError as exc:  # e.g. EMFILE: log and keep serving
+            self._state.logger.error("accept failed: %s", exc)
+            time.sleep(0.05)
+            return
+        sock.setblocking(True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport = _SocketTransport(sock, self)
+        thread = threading.Thread(target=self._serve, args=(transport,), daemon=True)
+        with self._lock:
+            self._threads[thread] = transport
+        thread.start()
+
+    def _serve(self, transport: _SocketTransport) -> None:
+        try:
+            drive(run_session(self._state, transport, self._runner))
+        finally:
+            with self._lock:
+                self._threads.pop(threading.current_thread(), None)
+
+    def close(self) -> None:
+        """Stop accepting, let sessions finish for ``close_timeout``, then send them 421 and close.
+
+        Safe to call from any thread, and more than once; returns when the server is closed.
+        """
+        with self._lock:
+            started, self._close_started = self._close_started, True
+            serving = self._serving
+        if started:
+            self._closed.wait()
+            return
+        self._state.closing = True
+        self._stop_accepting.set()
+        if not serving:
+            self._close_listeners()
+        self._join(self._state.options.close_timeout)
+        self._kill.set()  # idle sessions get their 421 4.3.2 now
+        self._join(_HOOK_GRACE)
+        with self._lock:
+            stuck = list(self._threads.values())
+        for transport in stuck:
+            transport.abort()
+        self._resolver.shutdown(wait=False, cancel_futures=True)
+        if serving:
+            # Closing the wake-up socket before the accept loop saw it would swallow the wake-up.
+            self._accept_loop_done.wait()
+        self._stop_accepting.close()
+        self._kill.close()
+        self._closed.set()
+        self._state.logger.info("server closed")
+
+    def _join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                threads = [t for t in self._threads if t is not threading.current_thread()]
+            if not threads or time.monotonic() >= deadline:
+                return
+            threads[0].join(max(0.0, deadline - time.monotonic()))
+
+    def _close_listeners(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _Runner:
+    """Hooks run in the connection's thread; reverse DNS in a small pool so that it can time out."""
+
+    def __init__(self, resolver: concurrent.futures.ThreadPoolExecutor) -> None:
+        self._resolver = resolver
+
+    async def call(self, hook: Hook, *args: Any) -> Any:
+        return hook(*args)
+
+    def data_stream(self, source: MessageSource) -> BlockingStream:
+        return BlockingStream(source)
+
+    async def reverse_lookup(self, address: str, timeout: float) -> str | None:
+        try:
+            future = self._resolver.submit(socket.getnameinfo, (address, 0), socket.NI_NAMEREQD)
+            host, _ = future.result(timeout)
+        except (OSError, TimeoutError, UnicodeError, RuntimeError):
+            return None
+        return str(host)
+
+
+class _SocketTransport:
+    """The pump's Transport over a blocking socket (an SSLSocket after STARTTLS)."""
+
+    def __init__(self, sock: socket.socket, server: SMTPServer) -> None:
+        self._sock = sock
+        self._server = server
+        self._kill = server._kill
+        self._guard = SendGuard()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(sock, selectors.EVENT_READ)
+        self._selector.register(self._kill.fileobj(), selectors.EVENT_READ)
+        self.remote_address, self.remote_port = _address(sock.getpeername())
+        self.local_address, self.local_port = _address(sock.getsockname())
+        sock.settimeout(
+            server.options.socket_timeout
+        )  # also bounds a send to a client that never reads
+
+    async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
+        if self._kill.flag.is_set():
+            raise ShutdownRequested
+        sock = self._sock
+        if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            # Wait for data, the idle timeout, or the server's shutdown signal, whichever comes first.
+            ready = self._selector.select(timeout)
+            if self._kill.flag.is_set():
+                raise ShutdownRequested
+            if not ready:
+                raise TimeoutError
+        sock.settimeout(timeout)  # an incomplete TLS record must not block forever either
+        return sock.recv(max_bytes)
+
+    async def send(self, data: bytes) -> None:
+        with self._guard:
+            self._sock.settimeout(self._server.options.socket_timeout)
+            self._sock.sendall(data)
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float | None) -> TLSInfo:
+        self._selector.unregister(self._sock)
+        tls_sock = context.wrap_socket(self._sock, server_side=True, do_handshake_on_connect=False)
+        self._sock = tls_sock  # from here on aclose() closes the TLS socket
+        self._selector.register(tls_sock, selectors.EVENT_READ)
+        tls_sock.settimeout(timeout)
+        tls_sock.do_handshake()
+        tls = self._server._state.tls
+        return tls_info(tls_sock, tls.servername(tls_sock) if tls else None)
+
+    async def aclose(self) -> None:
+        self._selector.close()
+        if isinstance(self._sock, ssl.SSLSocket):
+            # Send our close_notify, but do not wait for the client's.
+            with contextlib.suppress(OSError, ValueError):
+                self._sock.setblocking(False)
+                self._sock.unwrap()
+        self._sock.close()
+
+    def abort(self) -> None:
+        """Unblock a stuck thread (from close()): shut the socket down under it."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+
+def _address(sockaddr: Any) -> tuple[str, int]:
+    return str(sockaddr[0]), int(sockaddr[1])

@@ -1,0 +1,130 @@
+"""Test-side helpers: a raw SMTP client for what smtplib cannot do, certificates, polling."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+class RawClient:
+    """A line-level SMTP client: send exactly what a test wants, read replies one at a time."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+        self.sock: socket.socket = socket.create_connection((host, port), timeout)
+        self._file = self.sock.makefile("rb")
+
+    def reply(self) -> tuple[int, list[str]]:
+        """The next reply: its code and the text of each line (without code and separator)."""
+        lines: list[bytes] = []
+        while True:
+            line = self._file.readline()
+            if not line:
+                raise EOFError(f"connection closed after {lines!r}")
+            lines.append(line)
+            if line[3:4] != b"-":
+                text = [raw[4:].decode("utf-8").rstrip("\r\n") for raw in lines]
+                return int(line[:3]), text
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def cmd(self, line: str) -> tuple[int, list[str]]:
+        self.send(line.encode("utf-8") + b"\r\n")
+        return self.reply()
+
+    def expect(self, line: str, code: int) -> list[str]:
+        got, text = self.cmd(line)
+        assert got == code, f"{line!r}: expected {code}, got {got} {text}"
+        return text
+
+    def at_eof(self) -> bool:
+        """True when the server closed the connection (waits up to the socket timeout)."""
+        try:
+            return self._file.read(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def rest(self) -> bytes:
+        """Everything the server still sends until it closes the connection."""
+        chunks = []
+        try:
+            while chunk := self._file.read1(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+        return b"".join(chunks)
+
+    def start_tls(self, context: ssl.SSLContext, server_hostname: str | None = None) -> None:
+        self._file.close()
+        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+        self._file = self.sock.makefile("rb")
+
+    def close(self) -> None:
+        self._file.close()
+        self.sock.close()
+
+
+def unverified_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def make_certificate(directory: Path, common_name: str) -> tuple[Path, Path]:
+    """A self-signed RSA certificate for ``common_name`` (written by the tests, not by the code under test)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(common_name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = directory / f"{common_name}.crt"
+    key_path = directory / f"{common_name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def certificate_common_name(der: bytes) -> str:
+    cert = x509.load_der_x509_certificate(der)
+    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)

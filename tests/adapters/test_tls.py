@@ -1,0 +1,301 @@
+"""STARTTLS and implicit TLS: smtplib, openssl s_client, swaks and curl; SNI; failed handshakes."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import smtplib
+import ssl
+import subprocess
+
+import pytest
+
+from smtpproto_adapters import SMTPError
+
+from .clients import RawClient, certificate_common_name, unverified_context, wait_until
+from .conftest import Certificates, Recorder
+
+BODY = b"Subject: tls\r\n\r\nover TLS\r\n"
+
+
+def tool(name: str) -> str:
+    """The path of a client tool the suite drives; its absence is a failure, not a skip."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed (.ci/run installs it)")
+    return path
+
+
+def test_starttls_with_smtplib(start_server) -> None:
+    rec = Recorder()
+    server = start_server(rec)
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.ehlo()
+        assert client.has_extn("starttls")
+        assert client.starttls(context=unverified_context())[0] == 220
+        client.ehlo()
+        assert not client.has_extn("starttls")
+        assert client.sendmail("a@b.test", ["x@y.test"], BODY) == {}
+    rec.wait_closed()
+    [stored] = rec.stored
+    assert stored.body == BODY
+    assert stored.transmission_type == "ESMTPS"
+    [(session,)] = rec.called("on_secure")
+    assert session.secure
+    assert session.tls.protocol.startswith("TLSv1.")
+    assert session.tls.cipher
+    assert session.tls.servername is None
+
+
+def test_plaintext_pipelined_after_starttls_is_dropped(start_server) -> None:
+    server = start_server()
+    client = RawClient(server.port)
+    client.reply()
+    client.expect("EHLO c.test", 250)
+    client.send(b"STARTTLS\r\nNOOP\r\nMAIL FROM:<injected@b.test>\r\n")
+    assert client.reply()[0] == 220
+    client.start_tls(unverified_context())
+    # Had the pump fed the plaintext leftovers on, their replies would come first.
+    code, lines = client.cmd("EHLO c.test")
+    assert code == 250
+    assert lines[0].startswith("mx.test")
+    client.expect("RCPT TO:<x@y.test>", 503)  # no MAIL ever ran
+    client.expect("QUIT", 221)
+    client.close()
+
+
+def test_implicit_tls_with_smtp_ssl(start_server) -> None:
+    rec = Recorder()
+    server = start_server(rec, secure=True)
+    with smtplib.SMTP_SSL("127.0.0.1", server.port, context=unverified_context()) as client:
+        client.ehlo()
+        assert not client.has_extn("starttls")
+        assert client.sendmail("a@b.test", ["x@y.test"], BODY) == {}
+    rec.wait_closed()
+    assert rec.stored[0].transmission_type == "ESMTPS"
+    hooks = [name for name, _ in rec.calls]
+    assert hooks[:2] == ["on_connect", "on_secure"]
+    assert hooks.count("on_secure") == 1
+
+
+def test_failed_implicit_handshake_is_logged_and_closed(start_server, caplog) -> None:
+    rec = Recorder()
+    server = start_server(rec, secure=True)
+    with caplog.at_level(logging.WARNING, logger="smtpproto_adapters"):
+        client = RawClient(server.port)
+        client.send(b"EHLO this is not TLS\r\n" * 10)
+        rest = client.rest()
+        client.close()
+        assert rest[:1] in (b"", b"\x15")
+        wait_until(lambda: server.statistics().tls_failures == 1)
+    assert any("TLS handshake failed" in r.getMessage() for r in caplog.records)
+    assert rec.calls == []  # no hook ran for it
+    with smtplib.SMTP_SSL("127.0.0.1", server.port, context=unverified_context()) as ok:
+        assert ok.noop()[0] == 250
+    assert server.statistics().errors == 0
+
+
+def test_failed_starttls_handshake_is_logged_and_closed(start_server, caplog) -> None:
+    rec = Recorder()
+    server = start_server(rec)
+    with caplog.at_level(logging.WARNING, logger="smtpproto_adapters"):
+        client = RawClient(server.port)
+        client.reply()
+        client.expect("EHLO c.test", 250)
+        client.expect("STARTTLS", 220)
+        client.send(b"\x16\x03\x01\x00\x05garbage that is no ClientHello\r\n")
+        rest = client.rest()  # at most a TLS alert record, never an SMTP reply
+        client.close()
+        assert rest[:1] in (b"", b"\x15")
+        rec.wait_closed()
+    assert server.statistics().tls_failures == 1
+    assert any("TLS handshake failed" in r.getMessage() for r in caplog.records)
+    assert rec.called("on_secure") == []
+
+
+def test_on_secure_refusal_closes(start_server) -> None:
+    rec = Recorder(rules={"on_secure": SMTPError(554, "TLS client refused", "5.7.1")})
+    server = start_server(rec)
+    client = RawClient(server.port)
+    client.reply()
+    client.expect("EHLO c.test", 250)
+    client.expect("STARTTLS", 220)
+    client.start_tls(unverified_context())
+    assert client.reply() == (554, ["5.7.1 TLS client refused"])
+    assert client.at_eof()
+    client.close()
+    rec.wait_closed()
+
+
+def test_on_secure_refusal_on_implicit_tls(start_server) -> None:
+    rec = Recorder(rules={"on_secure": False})
+    server = start_server(rec, secure=True)
+    with pytest.raises(smtplib.SMTPConnectError) as info:
+        smtplib.SMTP_SSL("127.0.0.1", server.port, context=unverified_context())
+    assert info.value.smtp_code == 554
+    rec.wait_closed()
+
+
+def _peer_name(port: int, server_hostname: str | None) -> tuple[str, RawClient]:
+    client = RawClient(port)
+    client.reply()
+    client.expect("EHLO c.test", 250)
+    client.expect("STARTTLS", 220)
+    client.start_tls(unverified_context(), server_hostname=server_hostname)
+    assert isinstance(client.sock, ssl.SSLSocket)
+    der = client.sock.getpeercert(binary_form=True)
+    assert der is not None
+    return certificate_common_name(der), client
+
+
+def test_certificate_files_and_sni(start_server, certificates: Certificates) -> None:
+    sni_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    sni_context.load_cert_chain(certificates.sni_cert, certificates.sni_key)
+    rec = Recorder()
+    server = start_server(
+        rec,
+        self_signed=False,
+        tls_cert=str(certificates.cert),
+        tls_key=str(certificates.key),
+        sni={"SNI.test": sni_context},
+    )
+    for asked, presented in [
+        (None, "localhost"),
+        ("sni.test", "sni.test"),
+        ("other.test", "localhost"),
+    ]:
+        name, client = _peer_name(server.port, asked)
+        assert name == presented, asked
+        client.expect("EHLO c.test", 250)
+        client.expect("QUIT", 221)
+        client.close()
+    rec.wait_closed(3)
+    names = [session.tls.servername for (session,) in rec.called("on_secure")]
+    assert names == [None, "sni.test", "other.test"]
+
+
+def test_self_signed_certificate_warning(start_server, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="smtpproto_adapters"):
+        quiet = start_server(self_signed=True)
+        assert not any("self-signed" in r.getMessage() for r in caplog.records)
+        noisy = start_server(self_signed=False)
+        assert any("self-signed" in r.getMessage() for r in caplog.records)
+    for server in (quiet, noisy):
+        with smtplib.SMTP("127.0.0.1", server.port) as client:
+            client.starttls(context=unverified_context())
+            assert client.noop()[0] == 250
+
+
+def test_no_tls_when_starttls_is_disabled(start_server, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="smtpproto_adapters"):
+        server = start_server(self_signed=False, disabled_commands=["STARTTLS"])
+    assert caplog.records == []
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.ehlo()
+        assert not client.has_extn("starttls")
+
+
+def test_hide_starttls_still_accepts_it(start_server) -> None:
+    server = start_server(hide_starttls=True)
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.ehlo()
+        assert not client.has_extn("starttls")
+        client.esmtp_features["starttls"] = ""
+        assert client.starttls(context=unverified_context())[0] == 220
+
+
+def test_openssl_s_client_starttls(start_server) -> None:
+    rec = Recorder()
+    server = start_server(rec)
+    script = (
+        b"EHLO s-client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n"
+        b"Subject: s_client\r\n\r\nhello\r\n.\r\nQUIT\r\n"
+    )
+    result = subprocess.run(
+        [
+            tool("openssl"),
+            "s_client",
+            "-starttls",
+            "smtp",
+            "-connect",
+            f"127.0.0.1:{server.port}",
+            "-servername",
+            "mx.test",
+            "-brief",
+            "-ign_eof",
+        ],
+        input=script,
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    output = result.stdout.decode() + result.stderr.decode()
+    assert "CONNECTION ESTABLISHED" in output
+    assert "250 2.0.0" in output
+    assert "221 2.0.0" in output
+    rec.wait_closed()
+    assert rec.stored[0].body == b"Subject: s_client\r\n\r\nhello\r\n"
+    [(session,)] = rec.called("on_secure")
+    assert session.tls.servername == "mx.test"
+
+
+def test_swaks_starttls(start_server) -> None:
+    rec = Recorder()
+    server = start_server(rec)
+    result = subprocess.run(
+        [
+            tool("swaks"),
+            "--server",
+            f"127.0.0.1:{server.port}",
+            "--from",
+            "a@b.test",
+            "--to",
+            "x@y.test",
+            "--tls",
+            "--body",
+            "hello from swaks",
+            "--header",
+            "Subject: swaks",
+        ],
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    rec.wait_closed()
+    [stored] = rec.stored
+    assert stored.transmission_type == "ESMTPS"
+    assert b"Subject: swaks" in stored.body
+    assert b"hello from swaks" in stored.body
+
+
+@pytest.mark.parametrize("use_tls", [False, True])
+def test_curl(start_server, tmp_path, use_tls) -> None:
+    rec = Recorder()
+    server = start_server(rec)
+    message = tmp_path / "message.txt"
+    message.write_bytes(b"Subject: curl\r\n\r\n.starts with a dot\r\nhello from curl\r\n")
+    tls_flags = ["--ssl-reqd", "-k"] if use_tls else []
+    result = subprocess.run(
+        [
+            tool("curl"),
+            "-sS",
+            *tls_flags,
+            "--url",
+            f"smtp://127.0.0.1:{server.port}",
+            "--mail-from",
+            "a@b.test",
+            "--mail-rcpt",
+            "x@y.test",
+            "-T",
+            str(message),
+        ],
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    rec.wait_closed()
+    [stored] = rec.stored
+    assert stored.body == message.read_bytes()
+    assert stored.transmission_type == ("ESMTPS" if use_tls else "ESMTP")

@@ -1,14 +1,16 @@
 """Quick end-to-end sanity figure: messages per second through each backend with smtplib.
 
 Run from the project root: ``.venv/bin/python benchmarks/smtplib_quick.py [N] [backend ...]``. For each backend
-it starts a server in-process (in a background thread), sends N small messages (default 2000) over ONE smtplib
-connection and prints msgs/s. The client runs in the same process, so the figure includes smtplib's own cost;
-it is a sanity check, not the real benchmark.
+(asyncio, blocking, trio, anyio on asyncio, anyio on trio) it starts a server in-process (in a background
+thread), sends N small messages (default 2000) over ONE smtplib connection and prints msgs/s. The client runs
+in the same process, so the figure includes smtplib's own cost; it is a sanity check, not the real benchmark.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib
 import smtplib
 import sys
 import threading
@@ -77,9 +79,34 @@ def run_blocking() -> tuple[int, Callable[[], None]]:
     return server.port, stop
 
 
+def run_in_portal(module: str, anyio_backend: str) -> tuple[int, Callable[[], None]]:
+    """The SMTPServer of ``module`` in an anyio blocking portal: an event loop of ``anyio_backend`` in a thread.
+
+    For the trio backend the portal's loop is trio itself, so the server runs exactly as under ``trio.run``.
+    """
+    from anyio.from_thread import start_blocking_portal
+
+    server_class = importlib.import_module(module).SMTPServer
+    portal_cm = start_blocking_portal(anyio_backend)
+    portal = portal_cm.__enter__()
+    server = server_class(AsyncSink(), **OPTIONS)
+    portal.call(server.listen, 0)
+    serving = portal.start_task_soon(server.serve_forever)
+
+    def stop() -> None:
+        portal.call(server.close)
+        serving.result()
+        portal_cm.__exit__(None, None, None)
+
+    return server.port, stop
+
+
 BACKENDS: dict[str, Callable[[], tuple[int, Callable[[], None]]]] = {
     "asyncio": run_asyncio,
     "blocking": run_blocking,
+    "trio": functools.partial(run_in_portal, "smtpproto_adapters.trio", "trio"),
+    "anyio": functools.partial(run_in_portal, "smtpproto_adapters.anyio", "asyncio"),
+    "anyio+trio": functools.partial(run_in_portal, "smtpproto_adapters.anyio", "trio"),
 }
 
 
@@ -103,7 +130,7 @@ def main() -> None:
     for name in names:
         rate = measure(name, count)
         print(
-            f"{name:10s} {rate:8.0f} msgs/s  ({count} x {len(BODY)} B over one smtplib connection)"
+            f"{name:11s} {rate:8.0f} msgs/s  ({count} x {len(BODY)} B over one smtplib connection)"
         )
 
 

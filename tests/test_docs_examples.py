@@ -3,7 +3,7 @@
 * docs/driver.md: the complete blocking-socket driver serves real clients on loopback sockets (plain,
   STARTTLS, PROXY header, idle timeout, run as a script), and the recipe's snippets are lines of it.
 * docs/tutorial.md: the REPL session is run as a doctest.
-* README.md: the library example runs and prints what its comments claim.
+* README.md is checked in tests/cli/test_readme.py (its set-up commands, example and links).
 * docs/api.md: every name in ``smtpproto.__all__`` has its autodoc entry, once.
 """
 
@@ -401,34 +401,6 @@ def test_tutorial_session_is_real() -> None:
     report = io.StringIO()
     result = runner.run(test, out=report.write)
     assert result.failed == 0, report.getvalue()
-
-
-# -- README.md ----------------------------------------------------------------------------------------------
-
-
-def test_readme_example_prints_what_it_claims(tmp_path: Path) -> None:
-    blocks = code_blocks(ROOT / "README.md", "python")
-    assert len(blocks) == 1
-    example = blocks[0]
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        run_code(example, tmp_path, "readme_example")
-    lines = output.getvalue().rstrip("\n").splitlines()  # print() adds a newline to the last CRLF
-    # The comment on the print() line names what comes out, in order: the greeting, the EHLO
-    # capabilities, and then the reply to MAIL, word for word.
-    claim = next(line for line in example.splitlines() if line.startswith("print("))
-    greeting, capabilities, mail_reply = claim.split("#", 1)[1].strip().split(", ")
-    assert (greeting, capabilities) == ("220 greeting", "EHLO capabilities")
-    assert lines[0] == "220 mx.example ESMTP"
-    ehlo = lines[1:-1]
-    assert ehlo[0] == "250-mx.example Nice to meet you"
-    assert all(line.startswith("250-") for line in ehlo[:-1])
-    assert ehlo[-1].startswith("250 ")
-    assert "250-PIPELINING" in ehlo
-    assert lines[-1] == mail_reply
-    # The comment on accept() names the reply it queues.
-    accept = next(line for line in example.splitlines() if "conn.accept()" in line)
-    assert mail_reply.startswith(accept.split("#", 1)[1].strip())
 
 
 # -- docs/api.md --------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 Pick a backend by importing its ``SMTPServer``:
 
 * :mod:`smtpproto_adapters.asyncio` — asyncio (hooks are ``async def``);
+* :mod:`smtpproto_adapters.trio` — trio (hooks are ``async def``);
+* :mod:`smtpproto_adapters.anyio` — anyio, under its asyncio or trio backend (hooks are ``async def``);
 * :mod:`smtpproto_adapters.blocking` — plain sockets, a thread per connection (hooks are plain functions).
 
 This package itself imports no backend library; the names below are shared by all backends.

@@ -97,6 +97,9 @@ class ServerOptions:
     use_xforward: TrustList = False
 
     # -- connection management --
+    #: Set ``SO_REUSEPORT`` on listening sockets, so that several processes (``smtpproto serve --workers``)
+    #: can listen on one port and the kernel spreads connections among them.
+    reuse_port: bool = False
     #: Skip the PTR lookup of the client address; ``client_hostname`` becomes ``[ip]``.
     disable_reverse_lookup: bool = False
     #: Idle seconds (also a stalled DATA transfer or TLS handshake) before ``421 4.4.2`` and close.
@@ -124,6 +127,8 @@ class ServerOptions:
             raise ValueError("max_clients must be at least 1 (or None)")
         if self.size is not None and self.size < 0:
             raise ValueError("size must be >= 0 (or None)")
+        if self.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+            raise ValueError("reuse_port: SO_REUSEPORT is not available on this platform")
         if self.secure and self.use_proxy:
             # The core reads the PROXY header from the same buffer that would then hold the TLS
             # ClientHello; until it hands trailing bytes back, the two cannot be stacked.

@@ -14,14 +14,41 @@ import ssl
 import tempfile
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from ._options import ServerOptions
 
-__all__ = ["TLSSetup", "self_signed_context", "self_signed_pem", "server_context"]
+__all__ = [
+    "TLSSetup",
+    "capture_servername",
+    "self_signed_context",
+    "self_signed_pem",
+    "server_context",
+]
 
 _SSLObject = ssl.SSLObject | ssl.SSLSocket
+
+# The SNI callback also reports the name here, for backends whose TLS stream does not expose its SSLObject
+# (trio.SSLStream). The callback runs synchronously inside the handshake, so it sees the context of the task
+# or thread that drives that handshake.
+_SERVERNAME_SINK: ContextVar[list[str] | None] = ContextVar("smtpproto_servername", default=None)
+
+
+@contextmanager
+def capture_servername() -> Iterator[list[str]]:
+    """Collect the SNI name of a handshake driven by the current task inside the block.
+
+    The yielded list gets the (lower-cased) name once the client sends one; it stays empty without SNI.
+    """
+    sink: list[str] = []
+    token = _SERVERNAME_SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _SERVERNAME_SINK.reset(token)
 
 
 def server_context(
@@ -106,6 +133,9 @@ class TLSSetup:
                 name = servername.lower()
                 with self._lock:
                     self._names[obj] = name
+                sink = _SERVERNAME_SINK.get()
+                if sink is not None:
+                    sink.append(name)
                 if name in self._sni:
                     obj.context = self._sni[name]
             if previous is not None:

@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 from ._session import TLSInfo
 
-__all__ = ["SendGuard", "ShutdownRequested", "Transport", "drive", "tls_info"]
+__all__ = ["NegotiatedTLS", "SendGuard", "ShutdownRequested", "Transport", "drive", "tls_info"]
 
 T = TypeVar("T")
 
@@ -86,8 +86,16 @@ class SendGuard:
         self._lock.release()
 
 
-def tls_info(ssl_object: ssl.SSLObject | ssl.SSLSocket, servername: str | None) -> TLSInfo:
-    """The :class:`TLSInfo` of a finished handshake."""
+class NegotiatedTLS(Protocol):
+    """What :func:`tls_info` reads: an ``ssl.SSLObject``/``ssl.SSLSocket``, or a stream forwarding to one."""
+
+    def cipher(self) -> tuple[str, str, int] | None: ...
+
+    def version(self) -> str | None: ...
+
+
+def tls_info(ssl_object: NegotiatedTLS, servername: str | None) -> TLSInfo:
+    """The :class:`TLSInfo` of a finished handshake (``trio.SSLStream`` forwards both methods)."""
     cipher = ssl_object.cipher()
     return TLSInfo(
         servername=servername,

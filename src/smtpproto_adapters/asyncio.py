@@ -80,7 +80,12 @@ class SMTPServer:
         loop = asyncio.get_running_loop()
         self._closed = self._closed or asyncio.Event()
         server = await loop.create_server(
-            lambda: _Connection(self), host, port, backlog=1024, reuse_address=True
+            lambda: _Connection(self),
+            host,
+            port,
+            backlog=1024,
+            reuse_address=True,
+            reuse_port=self.options.reuse_port,
         )
         self._servers.append(server)
         self._state.logger.info("listening on %s", [s.getsockname() for s in server.sockets])

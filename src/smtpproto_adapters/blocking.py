@@ -120,7 +120,9 @@ class SMTPServer:
         family, _, _, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
-        listener = socket.create_server(address[:2], family=family, backlog=1024)
+        listener = socket.create_server(
+            address[:2], family=family, backlog=1024, reuse_port=self.options.reuse_port
+        )
         listener.setblocking(False)
         self._listeners.append(listener)
         self._state.logger.info("listening on %s", listener.getsockname())

@@ -46,6 +46,10 @@ BACKENDS = {
     # asyncio in debug mode: a call into the loop from a wrong thread raises instead of racing.
     "asyncio": Backend("asyncio", "smtpproto_adapters.asyncio", "asyncio", (("debug", True),)),
     "blocking": Backend("blocking", "smtpproto_adapters.blocking", loop=None),
+    "trio": Backend("trio", "smtpproto_adapters.trio", "trio"),
+    # The anyio backend under both of anyio's event loops.
+    "anyio": Backend("anyio", "smtpproto_adapters.anyio", "asyncio", (("debug", True),)),
+    "anyio+trio": Backend("anyio+trio", "smtpproto_adapters.anyio", "trio"),
 }
 
 #: What every test server gets unless the test says otherwise: fast, deterministic, quiet.

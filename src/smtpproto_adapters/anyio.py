@@ -1,0 +1,364 @@
+"""SMTPServer on anyio: runs under whichever anyio backend is running, asyncio or trio.
+
+Usage::
+
+    server = SMTPServer(handler, size=10_000_000)
+    async with server:
+        await server.listen(2525)
+        await server.serve_forever()    # until server.close() from another task
+
+    anyio.run(main)                     # or anyio.run(main, backend="trio")
+
+Listeners come from ``anyio.create_tcp_listener``, sessions run in a task group owned by
+:meth:`SMTPServer.serve_forever`, and STARTTLS and implicit TLS use ``anyio.streams.tls.TLSStream``. As with
+trio, :meth:`listen` binds the sockets and ``serve_forever`` does the accepting; :meth:`close` (from another
+task) winds the sessions down gracefully, while cancelling ``serve_forever`` tears them down at once.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import ssl
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup
+from anyio.streams.tls import TLSAttribute, TLSStream
+
+from ._hooks import Hook
+from ._options import ServerOptions
+from ._pump import run_session
+from ._server import ServerState, Statistics, build_options
+from ._session import TLSInfo
+from ._stream import AsyncStream, MessageSource
+from ._transport import SendGuard, ShutdownRequested
+
+__all__ = ["SMTPServer"]
+
+#: After close_timeout and the 421, how long sessions still inside a hook get before they are cancelled.
+_HOOK_GRACE = 5.0
+#: How long on_close may take when its session is being torn down by cancellation.
+_ON_CLOSE_GRACE = 2.0
+#: Pause after a failed accept (e.g. EMFILE), so that an exhausted server does not spin.
+_ACCEPT_RETRY = 0.1
+
+
+class SMTPServer:
+    """An SMTP/LMTP server on anyio (asyncio or trio underneath). Hooks are ``async def`` methods of ``handler``.
+
+    ``SMTPServer(handler, options=None, **option_overrides)``; see :class:`ServerOptions` for the options.
+    """
+
+    def __init__(
+        self, handler: object, options: ServerOptions | None = None, **option_overrides: Any
+    ) -> None:
+        self._state = ServerState(
+            handler, build_options(options, option_overrides), asynchronous=True
+        )
+        self._listeners: list[SocketListener] = []
+        self._connections: set[_Connection] = set()
+        # anyio events belong to a running backend, so they are made on first use (see _events()).
+        self._idle: anyio.Event | None = None  # set whenever no session is running
+        self._close_requested: anyio.Event | None = None
+        self._closed: anyio.Event | None = None
+        self._accepting: TaskGroup | None = None
+        self._sessions: TaskGroup | None = None
+        self._close_started = False
+        self._serving = False
+        self._runner = _Runner(self._state.hooks.on_close)
+
+    @property
+    def options(self) -> ServerOptions:
+        """The options in effect."""
+        return self._state.options
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets."""
+        return [listener.extra(SocketAttribute.raw_socket) for listener in self._listeners]
+
+    @property
+    def port(self) -> int:
+        """The port of the first listening socket (useful after ``listen(0)``)."""
+        if not self._listeners:
+            raise RuntimeError("not listening")
+        return int(self.sockets[0].getsockname()[1])
+
+    def statistics(self) -> Statistics:
+        """A snapshot of the server's counters."""
+        return self._state.statistics()
+
+    async def listen(self, port: int = 0, host: str = "127.0.0.1") -> None:
+        """Bind and listen on ``host``:``port`` (port 0 picks a free one). May be repeated.
+
+        Connections are accepted once :meth:`serve_forever` runs (at once, if it already does).
+        """
+        if self._close_started or self._state.closing:
+            raise RuntimeError("the server is closed")
+        self._events()
+        multi = await anyio.create_tcp_listener(
+            local_host=host, local_port=port, backlog=1024, reuse_port=self.options.reuse_port
+        )
+        # create_tcp_listener only ever holds socket listeners; the check narrows the type to one with accept().
+        listeners = [each for each in multi.listeners if isinstance(each, SocketListener)]
+        if len(listeners) != len(multi.listeners):
+            raise RuntimeError("anyio returned a listener that is not a socket listener")
+        self._listeners += listeners
+        self._state.logger.info(
+            "listening on %s",
+            [listener.extra(SocketAttribute.local_address) for listener in listeners],
+        )
+        if self._accepting is not None:
+            for listener in listeners:
+                self._accepting.start_soon(self._accept_loop, listener)
+
+    async def serve_forever(self) -> None:
+        """Accept and serve connections until :meth:`close` has finished (call it from another task)."""
+        if not self._listeners:
+            raise RuntimeError("call listen() first")
+        if self._serving:
+            raise RuntimeError("serve_forever() is already running")
+        close_requested, closed = self._events()
+        if self._close_started:  # closed before it ever served
+            await closed.wait()
+            return
+        self._serving = True
+        self._idle = anyio.Event()
+        self._idle.set()
+        try:
+            async with anyio.create_task_group() as sessions:
+                async with anyio.create_task_group() as accepting:
+                    self._sessions, self._accepting = sessions, accepting
+                    for listener in self._listeners:
+                        accepting.start_soon(self._accept_loop, listener)
+                    await close_requested.wait()
+                    # Each accept loop closes its listener as it unwinds: no new connections from here.
+                    accepting.cancel_scope.cancel()
+                self._accepting = None
+                await self._wind_down()
+        finally:
+            self._state.closing = True
+            self._accepting = self._sessions = None
+            for sock in self.sockets:
+                sock.close()  # synchronous: this also runs when serve_forever is cancelled
+            closed.set()
+            self._state.logger.info("server closed")
+
+    async def close(self) -> None:
+        """Stop accepting, let sessions finish for ``close_timeout``, then send them 421 and close.
+
+        Safe to call more than once and from any task of the server's event loop; returns once closed.
+        """
+        close_requested, closed = self._events()
+        if self._close_started:
+            await closed.wait()
+            return
+        self._close_started = True
+        self._state.closing = True
+        close_requested.set()
+        if self._serving:
+            await closed.wait()  # serve_forever winds the sessions down
+            return
+        for listener in self._listeners:
+            await listener.aclose()
+        closed.set()
+        self._state.logger.info("server closed")
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _events(self) -> tuple[anyio.Event, anyio.Event]:
+        if self._close_requested is None or self._closed is None:
+            self._close_requested, self._closed = anyio.Event(), anyio.Event()
+        return self._close_requested, self._closed
+
+    # -- inside serve_forever ---------------------------------------------------------------------------
+
+    async def _accept_loop(self, listener: SocketListener) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except anyio.ClosedResourceError:
+                    return
+                except OSError as exc:
+                    # e.g. EMFILE: keep serving the sessions we have and retry, instead of dying.
+                    self._state.logger.error("accept failed: %s", exc)
+                    await anyio.sleep(_ACCEPT_RETRY)
+                    continue
+                assert self._sessions is not None
+                self._sessions.start_soon(self._handle, stream)
+
+    async def _wind_down(self) -> None:
+        await self._wait_idle(self._state.options.close_timeout)
+        for connection in list(self._connections):
+            connection.interrupt()  # idle sessions get their 421 4.3.2 now
+        await self._wait_idle(_HOOK_GRACE)
+        for connection in list(self._connections):
+            connection.kill()  # the sessions task group waits for them to unwind
+
+    async def _wait_idle(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            # A loop: a straggler session may start after an earlier idle moment.
+            while self._idle is not None and self._connections:
+                await self._idle.wait()
+
+    async def _handle(self, stream: SocketStream) -> None:
+        try:
+            remote = stream.extra(SocketAttribute.remote_address)
+            local = stream.extra(SocketAttribute.local_address)
+        except OSError:  # reset before we got to it
+            await anyio.aclose_forcefully(stream)
+            return
+        await self._serve_stream(stream, remote, local)
+
+    async def _serve_stream(self, stream: ByteStream, remote: Any, local: Any) -> None:
+        """Run one session over any anyio byte stream."""
+        connection = _Connection(stream, remote, local, self._state)
+        if not self._connections:
+            self._idle = anyio.Event()
+        self._connections.add(connection)
+        # run_session handles its own errors; the except only keeps a bug from crashing the task group.
+        try:
+            with connection.scope:
+                await run_session(self._state, connection, self._runner)
+        except Exception:
+            self._state.count("errors")
+            self._state.logger.exception("session task failed")
+        finally:
+            self._connections.discard(connection)
+            if not self._connections and self._idle is not None:
+                self._idle.set()
+
+
+class _Runner:
+    """Hooks are awaited in the session's task; reverse DNS runs in the backend's resolver thread."""
+
+    def __init__(self, on_close: Hook | None) -> None:
+        self._on_close = on_close
+
+    async def call(self, hook: Hook, *args: Any) -> Any:
+        if hook is self._on_close and anyio.current_effective_deadline() == -math.inf:
+            # The session is being cancelled (close() ran out of patience, or serve_forever was cancelled):
+            # on_close still runs once, shielded from that cancellation but bounded.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_ON_CLOSE_GRACE):
+                return await hook(*args)
+            return None
+        return await hook(*args)
+
+    def data_stream(self, source: MessageSource) -> AsyncStream:
+        return AsyncStream(source)
+
+    async def reverse_lookup(self, address: str, timeout: float) -> str | None:
+        with anyio.move_on_after(timeout):  # the lookup thread is abandoned, not waited for
+            try:
+                host, _ = await anyio.getnameinfo((address, 0), socket.NI_NAMEREQD)
+            except (OSError, UnicodeError):
+                return None
+            return str(host)
+        return None
+
+
+class _Connection:
+    """One connection: the pump's Transport over an anyio byte stream (a ``TLSStream`` after TLS starts)."""
+
+    def __init__(self, stream: ByteStream, remote: Any, local: Any, state: ServerState) -> None:
+        self.remote_address, self.remote_port = str(remote[0]), int(remote[1])
+        self.local_address, self.local_port = str(local[0]), int(local[1])
+        self._raw = stream
+        self._stream = stream
+        self._state = state
+        self._timeout = state.options.socket_timeout
+        #: The whole session; cancelled by kill().
+        self.scope = anyio.CancelScope()
+        self._receive_scope: anyio.CancelScope | None = None
+        self._interrupted = False
+        self._closed = False
+        self._guard = SendGuard()
+
+    def interrupt(self) -> None:
+        """Ask the session to end: its current or next receive raises ShutdownRequested."""
+        self._interrupted = True
+        if self._receive_scope is not None:
+            self._receive_scope.cancel()
+
+    def kill(self) -> None:
+        """Cancel the session wherever it is (its cleanup still runs, shielded and bounded)."""
+        self.scope.cancel()
+
+    async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
+        if self._interrupted:
+            raise ShutdownRequested
+        # Cancelling a receive loses nothing (anyio keeps unread data buffered, TLSStream included), so a
+        # timeout or interrupt() can cut in at any point.
+        with anyio.move_on_after(timeout) as scope:
+            self._receive_scope = scope
+            try:
+                return await self._stream.receive(max_bytes)
+            except anyio.EndOfStream:
+                return b""  # the core's single EOF convention
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                raise ConnectionResetError(_reason(exc)) from exc
+            finally:
+                self._receive_scope = None
+        if self._interrupted:
+            raise ShutdownRequested
+        raise TimeoutError
+
+    async def send(self, data: bytes) -> None:
+        with self._guard:
+            try:
+                # A cancelled or timed-out send leaves the stream broken; the pump never writes again after it.
+                with anyio.fail_after(self._timeout):
+                    await self._stream.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                raise ConnectionResetError(_reason(exc)) from exc
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float | None) -> TLSInfo:
+        # Nothing to discard here: the pump's receive never reads past what it asked for, and the core
+        # already dropped whatever it had buffered after STARTTLS. Implicit TLS comes here too, rather than
+        # through a TLSListener, so that max_clients, PROXY and the tls_failures count apply before it.
+        try:
+            with anyio.fail_after(timeout):
+                stream = await TLSStream.wrap(self._stream, server_side=True, ssl_context=context)
+        except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+            raise ConnectionResetError(_reason(exc)) from exc
+        self._stream = stream  # from here on aclose() closes the TLS stream
+        ssl_object = stream.extra(TLSAttribute.ssl_object)
+        cipher = stream.extra(TLSAttribute.cipher)
+        tls = self._state.tls
+        return TLSInfo(
+            servername=tls.servername(ssl_object) if tls else None,
+            protocol=stream.extra(TLSAttribute.tls_version),
+            cipher=cipher[0] if cipher else "",
+        )
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Shielded, so that a cancelled session still releases its socket; bounded, because TLSStream waits
+        # for the client's close_notify (TLSStream then closes the socket itself).
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(min(self._timeout, 5.0)):
+                try:
+                    await self._stream.aclose()
+                except (anyio.BrokenResourceError, OSError) as exc:
+                    self._state.logger.debug("closing the connection: %s", exc)
+            if self._stream is not self._raw:
+                await anyio.aclose_forcefully(self._raw)
+
+
+def _reason(exc: BaseException) -> str:
+    """The underlying error of an anyio stream exception, for the log."""
+    return str(exc.__cause__ or exc) or type(exc).__name__

@@ -115,6 +115,15 @@ class Serve:
         """Standard error so far."""
         return b"".join(self._stderr).decode("utf-8", "replace")
 
+    def wait_for_stderr(self, text: str, timeout: float = TIMEOUT) -> str:
+        """Standard error once it contains ``text`` (the log line may trail the reply it explains)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not on stderr within {timeout}s: {self.stderr}")
+            time.sleep(0.02)
+        return self.stderr
+
     def line(self, timeout: float = TIMEOUT) -> str:
         """The next line of standard output; fails if none comes (or the process ended)."""
         try:

@@ -323,7 +323,7 @@ def test_store_failure_answers_451_and_leaves_no_file(serve, tmp_path: Path, bac
     assert refused.value.smtp_error.startswith(b"4.3.0 ")
     assert list((maildir / "tmp").iterdir()) == []
     assert (maildir / "new").read_bytes() == b"not a directory"
-    assert "could not store the message" in server.stderr
+    assert "could not store the message" in server.wait_for_stderr("could not store the message")
     # Repaired, the same server stores again.
     (maildir / "new").unlink()
     (maildir / "new").mkdir()

@@ -49,6 +49,14 @@ nitpick_ignore = [
     ("py:class", "collections.abc.Callable"),  # ServerConfig.nonce_factory
     ("py:class", "collections.abc.Mapping"),  # MailFrom.args, RcptTo.args, ProxyHeader.tlvs
     ("py:mod", "ipaddress"),  # ProxyHeader's docstring
+    # smtpproto_adapters (ServerOptions fields, SMTPServer.sockets):
+    ("py:class", "collections.abc.Collection"),  # ServerOptions.disabled_commands, use_proxy, ...
+    ("py:class", "logging.Logger"),  # ServerOptions.logger
+    ("py:class", "os.PathLike"),  # ServerOptions.tls_cert, tls_key
+    ("py:class", "socket.socket"),  # SMTPServer.sockets (asyncio, anyio, blocking)
+    ("py:class", "ssl.SSLContext"),  # ServerOptions.ssl_context, sni
+    # Not the standard library but just as unreachable offline: trio's own socket type.
+    ("py:class", "trio.socket.SocketType"),  # smtpproto_adapters.trio.SMTPServer.sockets
 ]
 
 # -- MyST ---------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from ._events import (
     XClient,
     XForward,
 )
+from ._proxy import ProxyHeaderError, read_proxy_header
 from ._replies import Reply
 from ._state import Command, SessionState
 from ._version import __version__
@@ -48,6 +49,7 @@ __all__ = [
     "MailFrom",
     "ProtocolError",
     "ProxyHeader",
+    "ProxyHeaderError",
     "Quit",
     "RcptTo",
     "RemoteProtocolError",
@@ -64,4 +66,5 @@ __all__ = [
     "XClient",
     "XForward",
     "__version__",
+    "read_proxy_header",
 ]

@@ -51,8 +51,6 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
     load_backend(args.backend)
     context = _tls_context(args)
     users, methods = _auth(args, tls=context is not None)
-    if args.proxy_protocol and args.implicit_tls:
-        raise UsageError("--proxy-protocol cannot be combined with --implicit-tls yet")
     xclient = _peers("--xclient", args.xclient)
     xforward = _peers("--xforward", args.xforward)
     if args.stdout and args.workers > 1:

@@ -47,8 +47,9 @@ class ServerOptions:
     secure: bool = False
     #: The server's TLS context. Mutually exclusive with ``tls_cert``/``tls_key``.
     ssl_context: ssl.SSLContext | None = None
-    #: PEM certificate chain and private key files (the key may live in the certificate file).
+    #: PEM file with the certificate chain (and the private key, when ``tls_key`` is not given).
     tls_cert: str | os.PathLike[str] | None = None
+    #: PEM file with the private key, when it is not in ``tls_cert``.
     tls_key: str | os.PathLike[str] | None = None
     #: Generate a self-signed certificate for ``localhost`` at start-up (needs ``cryptography``).
     self_signed: bool = False
@@ -64,11 +65,16 @@ class ServerOptions:
     size: int | None = None
     #: Advertise bare ``SIZE`` and skip the declared-size check at MAIL.
     hide_size: bool = False
-    #: Leave these extensions out of the EHLO reply (enhanced status codes are also not sent; LMTP keeps them).
+    #: Leave PIPELINING out of the EHLO reply.
     hide_pipelining: bool = False
+    #: Leave 8BITMIME out of the EHLO reply.
     hide_8bitmime: bool = False
+    #: Leave SMTPUTF8 out of the EHLO reply.
     hide_smtputf8: bool = False
+    #: Leave ENHANCEDSTATUSCODES out of the EHLO reply and send no enhanced status codes
+    #: (LMTP keeps them).
     hide_enhanced_status_codes: bool = False
+    #: Leave DSN out of the EHLO reply.
     hide_dsn: bool = False
     #: Commands answered as unknown and left out of EHLO (any case; stored upper case).
     disabled_commands: Collection[str] = frozenset()
@@ -76,6 +82,7 @@ class ServerOptions:
     line_endings: smtpproto.LineEndings | None = None
 
     # -- authentication (offered only when the handler has ``on_auth``) --
+    #: SASL mechanisms offered, in this order: any of PLAIN, LOGIN, CRAM-MD5, XOAUTH2, OAUTHBEARER.
     auth_methods: Collection[str] = ("PLAIN", "LOGIN")
     #: Offer AUTH but do not require it for MAIL/RCPT/DATA.
     auth_optional: bool = False
@@ -83,17 +90,26 @@ class ServerOptions:
     allow_insecure_auth: bool = False
 
     # -- limits (None: the core's default) --
+    #: Recipients per message; one more gets ``452 4.5.3`` (core default 100).
     max_recipients: int | None = None
+    #: Longest command line in octets, CRLF included (core default 2048).
     max_command_line: int | None = None
+    #: Client errors before ``421`` and close (core default 20).
     max_errors: int | None = None
+    #: Commands allowed before AUTH while AUTH is required (core default 10).
     max_unauthenticated_commands: int | None = None
+    #: Failed AUTH attempts before ``421`` and close (core default 3).
     max_auth_failures: int | None = None
     #: Most concurrent sessions; a further client gets ``421 4.7.0`` and is closed, no hooks run.
     max_clients: int | None = None
 
     # -- proxies: True (every peer), False, or a collection of trusted peer addresses --
+    #: Expect a PROXY protocol header (v1 or v2) before SMTP: ``True`` or the trusted peer addresses.
+    #: With ``secure`` the header comes before the TLS handshake, in plaintext, as HAProxy sends it.
     use_proxy: TrustList = False
+    #: Offer Postfix XCLIENT: ``True`` or the trusted peer addresses.
     use_xclient: TrustList = False
+    #: Offer Postfix XFORWARD: ``True`` or the trusted peer addresses.
     use_xforward: TrustList = False
 
     # -- connection management --
@@ -129,10 +145,6 @@ class ServerOptions:
             raise ValueError("size must be >= 0 (or None)")
         if self.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
             raise ValueError("reuse_port: SO_REUSEPORT is not available on this platform")
-        if self.secure and self.use_proxy:
-            # The core reads the PROXY header from the same buffer that would then hold the TLS
-            # ClientHello; until it hands trailing bytes back, the two cannot be stacked.
-            raise ValueError("use_proxy together with secure (implicit TLS) is not supported yet")
 
     def replace(self, **changes: Any) -> ServerOptions:
         """A copy with some fields changed."""

@@ -13,6 +13,7 @@ never suspend), and asyncio/anyio/trio simply await it.
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 
 import smtpproto
@@ -29,6 +30,7 @@ from ._hooks import (
     outcome_of,
 )
 from ._logging import CommandLog, SessionLogger
+from ._proxy_tls import read_header_before_tls
 from ._server import ServerState
 from ._session import Address, Envelope, Session
 from ._stream import MessageReader
@@ -87,7 +89,13 @@ class _Pump:
         )
         self.log = SessionLogger(server.logger, self.session.id)
         self.commands = CommandLog(self.log)
-        self.conn = smtpproto.ServerConnection(server.config_for(transport.remote_address))
+        config = server.config_for(transport.remote_address)
+        # Implicit TLS behind a proxy: the header comes in plaintext before the ClientHello, so the pump reads
+        # it off the connection before the handshake, and the core (fed only decrypted bytes) expects none.
+        self.proxy_before_tls = server.options.secure and config.use_proxy
+        if self.proxy_before_tls:
+            config = dataclasses.replace(config, use_proxy=False)
+        self.conn = smtpproto.ServerConnection(config)
         self.hold_output = True  # nothing is written before on_connect has decided
         self.broken = False  # a write failed: never write again
         self.closed_event: smtpproto.ConnectionClosed | None = None
@@ -116,12 +124,18 @@ class _Pump:
     async def _before_connect(self) -> bool:
         """PROXY header, reverse DNS and implicit TLS: everything before on_connect may run."""
         session = self.session
-        if self.conn.config.use_proxy:
+        if self.proxy_before_tls:
+            header = await read_header_before_tls(
+                self.transport, self.options.socket_timeout, self.log
+            )
+            if header is None:
+                return False  # malformed header, EOF or timeout: close without a word
+            self._apply_proxy(header)
+        elif self.conn.config.use_proxy:
             event = await self._next()
             if not isinstance(event, smtpproto.ProxyHeader):
                 return False  # malformed header, EOF or timeout: close without a word
-            self.session.apply_proxy(event)
-            self.log.info("PROXY: client is %s:%s", session.remote_address, session.remote_port)
+            self._apply_proxy(event)
         session.client_hostname = f"[{session.remote_address}]"
         if not self.options.disable_reverse_lookup:
             name = await self.runner.reverse_lookup(session.remote_address, REVERSE_LOOKUP_TIMEOUT)
@@ -130,6 +144,13 @@ class _Pump:
         if self.options.secure:
             return await self._handshake()
         return True
+
+    def _apply_proxy(self, header: smtpproto.ProxyHeader) -> None:
+        """Where every PROXY header reaches the session, whether the core or the pump (implicit TLS) read it."""
+        self.session.apply_proxy(header)
+        self.log.info(
+            "PROXY: client is %s:%s", self.session.remote_address, self.session.remote_port
+        )
 
     async def _connect(self) -> bool:
         """on_connect, and on_secure for implicit TLS; then let the greeting out."""

@@ -85,9 +85,11 @@ class Session:
     id: str = field(default_factory=new_session_id)
     #: The client's address and port (from the PROXY header or XCLIENT/XFORWARD when those are in use).
     remote_address: str = ""
+    #: The client's port (see ``remote_address``).
     remote_port: int = 0
     #: The address and port the client connected to.
     local_address: str = ""
+    #: The port the client connected to.
     local_port: int = 0
     #: The client's reverse-DNS name, or ``[ip]`` when there is none or reverse lookup is disabled.
     client_hostname: str = ""
@@ -107,8 +109,9 @@ class Session:
     tls: TLSInfo | None = None
     #: The PROXY protocol header, when ``use_proxy`` is on.
     proxy: ProxyInfo | None = None
-    #: Attributes of the last XCLIENT / XFORWARD command (upper-case names, as sent).
+    #: Attributes of the last XCLIENT command (upper-case names, as sent).
     xclient: dict[str, str] = field(default_factory=dict)
+    #: Attributes of the last XFORWARD command (upper-case names, as sent).
     xforward: dict[str, str] = field(default_factory=dict)
     #: True when the server speaks LMTP.
     lmtp: bool = False

@@ -9,6 +9,10 @@ Contract:
   :class:`TimeoutError` when nothing arrived for ``timeout`` seconds and :class:`ShutdownRequested` once the
   server asked the session to end (``close()`` ran past its grace period). Any other :class:`OSError`
   means the connection is broken.
+* ``receive_before_tls(max_bytes, timeout)`` is ``receive`` that takes no more than ``max_bytes`` off the
+  connection: every later byte stays for ``start_tls``. The pump uses it for the PROXY header in front of
+  implicit TLS (:mod:`smtpproto_adapters._proxy_tls`), where the next byte belongs to the ClientHello. It is
+  only called before ``start_tls``.
 * ``send(data)`` writes everything or raises :class:`OSError`; after a failed or interrupted send the state
   of the stream is unknown and the pump never writes again. Two concurrent sends are a bug: guard the write
   path with :class:`SendGuard`.
@@ -46,6 +50,10 @@ class Transport(Protocol):
 
     async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
         """Up to ``max_bytes`` received bytes; ``b""`` at EOF."""
+        ...
+
+    async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
+        """As :meth:`receive`, reading nothing past ``max_bytes``: the rest stays for :meth:`start_tls`."""
         ...
 
     async def send(self, data: bytes) -> None:

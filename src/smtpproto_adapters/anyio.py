@@ -11,8 +11,9 @@ Usage::
 
 Listeners come from ``anyio.create_tcp_listener``, sessions run in a task group owned by
 :meth:`SMTPServer.serve_forever`, and STARTTLS and implicit TLS use ``anyio.streams.tls.TLSStream``. As with
-trio, :meth:`listen` binds the sockets and ``serve_forever`` does the accepting; :meth:`close` (from another
-task) winds the sessions down gracefully, while cancelling ``serve_forever`` tears them down at once.
+trio, :meth:`SMTPServer.listen` binds the sockets and ``serve_forever`` does the accepting;
+:meth:`SMTPServer.close` (from another task) winds the sessions down gracefully, while cancelling
+``serve_forever`` tears them down at once.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ _ACCEPT_RETRY = 0.1
 class SMTPServer:
     """An SMTP/LMTP server on anyio (asyncio or trio underneath). Hooks are ``async def`` methods of ``handler``.
 
-    ``SMTPServer(handler, options=None, **option_overrides)``; see :class:`ServerOptions` for the options.
+    ``SMTPServer(handler, options=None, **option_overrides)``; see
+    :class:`~smtpproto_adapters.ServerOptions` for the options.
     """
 
     def __init__(
@@ -314,6 +316,12 @@ class _Connection:
         if self._interrupted:
             raise ShutdownRequested
         raise TimeoutError
+
+    async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
+        # receive(n) returns at most n octets: under trio it is one socket recv(n); under asyncio the stream
+        # reads ahead, but keeps the surplus queued for its next receive. TLSStream.wrap reads through this
+        # same stream, so either way the ClientHello reaches the handshake whole.
+        return await self.receive(max_bytes, timeout)
 
     async def send(self, data: bytes) -> None:
         with self._guard:

@@ -36,7 +36,8 @@ _HOOK_GRACE = 5.0
 class SMTPServer:
     """An SMTP/LMTP server on asyncio. Hooks are ``async def`` methods of ``handler``.
 
-    ``SMTPServer(handler, options=None, **option_overrides)``; see :class:`ServerOptions` for the options.
+    ``SMTPServer(handler, options=None, **option_overrides)``; see
+    :class:`~smtpproto_adapters.ServerOptions` for the options.
     """
 
     def __init__(
@@ -275,6 +276,37 @@ class _Connection(asyncio.Protocol):
             raise ConnectionResetError(str(self._error))
         return b""
 
+    async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
+        # The transport hands this Protocol whatever one recv() got (up to 256 KiB), which would swallow the
+        # ClientHello behind a PROXY header, and start_tls drops it. A BufferedProtocol is read into the
+        # buffer it provides instead, so for this one read _BoundedRead stands in, with a buffer of exactly
+        # max_bytes, and stops the transport's reading as soon as it has its octets.
+        if self._interrupted:
+            raise ShutdownRequested
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        reader = _BoundedRead(self, transport, max_bytes)
+        self._waiter = self._loop.create_future()
+        handle = None
+        if timeout is not None:
+            handle = self._loop.call_later(timeout, self._wake, TimeoutError())
+        transport.set_protocol(reader)
+        transport.resume_reading()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+            transport.pause_reading()  # start_tls resumes it, with its own protocol in place
+            transport.set_protocol(self)
+        if reader.data:
+            return reader.data
+        if self._error is not None:
+            raise ConnectionResetError(str(self._error))
+        return b""
+
     async def send(self, data: bytes) -> None:
         with self._guard:
             transport = self._transport
@@ -317,3 +349,32 @@ class _Connection(asyncio.Protocol):
             await asyncio.wait_for(asyncio.shield(self._lost), grace)
         except TimeoutError:
             transport.abort()
+
+
+class _BoundedRead(asyncio.BufferedProtocol):
+    """The protocol of a connection for one read of at most ``size`` octets (see ``receive_before_tls``).
+
+    The transport reads into :meth:`get_buffer`'s buffer, so never more than ``size`` octets; the first read
+    pauses the transport before it can read again. End of stream and loss go on to the connection.
+    """
+
+    def __init__(self, connection: _Connection, transport: asyncio.Transport, size: int) -> None:
+        self._connection = connection
+        self._transport = transport
+        self._buffer = bytearray(size)
+        #: What the read got; empty until then.
+        self.data = b""
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self._buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._transport.pause_reading()
+        self.data = bytes(self._buffer[:nbytes])
+        self._connection._wake()
+
+    def eof_received(self) -> bool:
+        return bool(self._connection.eof_received())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection.connection_lost(exc)

@@ -1,6 +1,6 @@
 """SMTPServer on plain sockets: a thread per connection, no event loop.
 
-The shared async pump runs synchronously here (see :func:`~smtpproto_adapters._transport.drive`): the
+The shared async pump runs synchronously here (see ``smtpproto_adapters._transport.drive``): the
 transport below and the hook runner are ``async def`` functions that never suspend. Hooks are plain
 functions and run in the connection's thread.
 
@@ -71,7 +71,8 @@ class _Wakeup:
 class SMTPServer:
     """An SMTP/LMTP server on blocking sockets and threads. Hooks are plain methods of ``handler``.
 
-    ``SMTPServer(handler, options=None, **option_overrides)``; see :class:`ServerOptions` for the options.
+    ``SMTPServer(handler, options=None, **option_overrides)``; see
+    :class:`~smtpproto_adapters.ServerOptions` for the options.
     """
 
     def __init__(
@@ -281,6 +282,11 @@ class _SocketTransport:
                 raise TimeoutError
         sock.settimeout(timeout)  # an incomplete TLS record must not block forever either
         return sock.recv(max_bytes)
+
+    async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
+        # A plain socket's recv(n) takes at most n octets off the kernel's buffer and nothing is buffered
+        # here, so everything after them is still there for wrap_socket's handshake.
+        return await self.receive(max_bytes, timeout)
 
     async def send(self, data: bytes) -> None:
         with self._guard:

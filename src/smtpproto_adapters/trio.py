@@ -7,10 +7,11 @@ Usage::
         await server.listen(2525)
         await server.serve_forever()    # until server.close() from another task
 
-trio has no background tasks, so the work happens inside :meth:`SMTPServer.serve_forever`: :meth:`listen`
-binds the sockets (clients that connect before ``serve_forever`` wait in the backlog), ``serve_forever`` runs
-the accept loops and every session in its own nursery, and :meth:`close` (from another task) asks it to wind
-down gracefully. Cancelling ``serve_forever`` instead tears all sessions down at once.
+trio has no background tasks, so the work happens inside :meth:`SMTPServer.serve_forever`:
+:meth:`SMTPServer.listen` binds the sockets (clients that connect before ``serve_forever`` wait in the
+backlog), ``serve_forever`` runs the accept loops and every session in its own nursery, and
+:meth:`SMTPServer.close` (from another task) asks it to wind down gracefully. Cancelling ``serve_forever``
+instead tears all sessions down at once.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ _ON_CLOSE_GRACE = 2.0
 class SMTPServer:
     """An SMTP/LMTP server on trio. Hooks are ``async def`` methods of ``handler``.
 
-    ``SMTPServer(handler, options=None, **option_overrides)``; see :class:`ServerOptions` for the options.
+    ``SMTPServer(handler, options=None, **option_overrides)``; see
+    :class:`~smtpproto_adapters.ServerOptions` for the options.
     """
 
     def __init__(
@@ -289,6 +291,11 @@ class _Connection:
         if self._interrupted:
             raise ShutdownRequested
         raise TimeoutError
+
+    async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
+        # receive_some(n) returns at most n octets and leaves the rest in the stream (a trio.SocketStream
+        # is one socket.recv(n), no read-ahead), so the SSLStream built on it gets the whole ClientHello.
+        return await self.receive(max_bytes, timeout)
 
     async def send(self, data: bytes) -> None:
         with self._guard:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import socket
@@ -9,6 +10,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -82,6 +84,74 @@ class RawClient:
     def close(self) -> None:
         self._file.close()
         self.sock.close()
+
+
+class MemoryTLSClient(RawClient):
+    """An implicit-TLS client that sends ``prefix`` (a PROXY header) and its ClientHello in one write.
+
+    The handshake runs over :class:`ssl.MemoryBIO`, so the test, not the socket layer, decides what goes
+    into each write: the server's first read gets the header and the ClientHello together. After the
+    handshake it is a :class:`RawClient` whose lines travel inside TLS.
+    """
+
+    def __init__(self, port: int, prefix: bytes, host: str = "127.0.0.1", timeout: float = 10.0):
+        self.sock = socket.create_connection((host, port), timeout)
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = unverified_context().wrap_bio(self._incoming, self._outgoing)
+        try:
+            with contextlib.suppress(ssl.SSLWantReadError):
+                self.tls.do_handshake()  # produces the ClientHello, then wants the server's answer
+            self.sock.sendall(prefix + self._outgoing.read())
+            self._run(self.tls.do_handshake)
+        except BaseException:
+            self.sock.close()
+            raise
+        self._pending = b""
+        self._file = self  # RawClient reads replies with self._file.readline()
+
+    def _run(self, method: Callable[..., Any], *args: Any) -> Any:
+        """Call an SSLObject method until it completes, moving TLS records to and from the socket."""
+        while True:
+            try:
+                result = method(*args)
+            except ssl.SSLWantReadError:
+                self._flush()
+                data = self.sock.recv(65536)
+                if not data:
+                    raise EOFError("connection closed inside TLS") from None
+                self._incoming.write(data)
+                continue
+            self._flush()
+            return result
+
+    def _flush(self) -> None:
+        if data := self._outgoing.read():
+            self.sock.sendall(data)
+
+    def readline(self) -> bytes:
+        """The next decrypted line (CRLF included), or what is left (``b""``) once the server closed."""
+        while b"\n" not in self._pending:
+            try:
+                self._pending += self._run(self.tls.read, 65536)
+            except (EOFError, ssl.SSLZeroReturnError, ConnectionResetError):
+                line, self._pending = self._pending, b""
+                return line
+        line, newline, self._pending = self._pending.partition(b"\n")
+        return line + newline
+
+    def send(self, data: bytes) -> None:
+        self._run(self.tls.write, data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def client_hello() -> bytes:
+    """The first flight of a TLS client: what a server that expects a PROXY header must never take for one."""
+    tls = unverified_context().wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
 
 
 def unverified_context() -> ssl.SSLContext:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import smtplib
 
-import pytest
-
 from smtpproto_adapters import Reply, Session, SMTPError
 
 from .clients import RawClient, wait_until
@@ -159,9 +157,3 @@ def test_xclient_not_offered_by_default(start_server) -> None:
     code, _ = client.cmd("XCLIENT ADDR=192.0.2.7")
     assert code >= 500
     client.close()
-
-
-@pytest.mark.parametrize("option", ["use_proxy"])
-def test_proxy_with_implicit_tls_is_refused_at_construction(backend, option) -> None:
-    with pytest.raises(ValueError, match="use_proxy"):
-        backend.server_class()(object(), secure=True, **{option: True})

@@ -168,12 +168,17 @@ def test_trust_lists_are_decided_per_peer() -> None:
         ({"size": -5}, "size"),
         ({"tls_key": "key.pem"}, "tls_key needs tls_cert"),
         ({"ssl_context": object(), "tls_cert": "cert.pem"}, "either ssl_context"),
-        ({"secure": True, "use_proxy": True}, "use_proxy"),
     ],
 )
 def test_bad_options_are_refused(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         ServerOptions(**kwargs)
+
+
+def test_proxy_with_implicit_tls_is_accepted() -> None:
+    # The header is read before the handshake (test_proxy_tls.py); nothing to refuse any more.
+    options = ServerOptions(secure=True, use_proxy=["10.0.0.5"])
+    assert (options.secure, options.use_proxy) == (True, ["10.0.0.5"])
 
 
 def test_auth_methods_must_not_be_a_string() -> None:

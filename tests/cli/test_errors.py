@@ -42,10 +42,6 @@ USAGE_ERRORS = [
     (["serve", "--tls-cert", "users"], "cannot load the TLS certificate users"),
     (["serve", "--tls-key", "k.pem"], "--tls-key needs --tls-cert"),
     (["serve", "--self-signed", "--tls-cert", "c.pem"], "not both"),
-    (
-        ["serve", "--proxy-protocol", "--implicit-tls", "--self-signed"],
-        "--proxy-protocol cannot be combined with --implicit-tls",
-    ),
     (["serve", "--mbox", "no/such/dir/m"], "the directory no/such/dir does not exist"),
     (["serve", "--mbox", "."], "not a regular file"),
     (["serve", "--maildir", "users"], "cannot create the Maildir users"),

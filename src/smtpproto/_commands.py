@@ -10,7 +10,6 @@ from ._replies import Reply
 
 __all__ = ["CommandError", "MailArgument", "parse_mail", "parse_rcpt", "split_command"]
 
-_VERB_RE = re.compile(r"[A-Za-z]{1,16}")
 # RFC 5321 §4.1.2 esmtp-keyword and esmtp-value; RFC 6531 §3.3 lets a value carry UTF-8 as well.
 _KEYWORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _VALUE_RE = re.compile(r"[\x21-\x3c\x3e-\x7e\x80-\U0010ffff]+")
@@ -51,7 +50,8 @@ def split_command(line: str) -> tuple[str | None, str]:
     The verb is ``None`` when the first word is not a plausible verb (letters only), so it is "not recognised".
     """
     verb, _, argument = line.partition(" ")
-    if not _VERB_RE.fullmatch(verb):
+    # Letters only, ASCII only (str.isalpha() alone admits any script), 1 to 16 of them.
+    if not (verb.isascii() and verb.isalpha() and len(verb) <= 16):
         return None, argument
     return verb.upper(), argument
 

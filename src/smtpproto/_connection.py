@@ -126,6 +126,14 @@ def _no_nonce() -> str:  # pragma: no cover - ServerConfig refuses CRAM-MD5 with
     raise RuntimeError("CRAM-MD5 needs ServerConfig.nonce_factory")
 
 
+#: Per ServerConfig (by identity; the config is kept in the entry so that its id stays unique): the
+#: extensions before TLS, the verb table, the disabled privacy commands and the greeting. Never mutated.
+_PER_CONFIG: dict[
+    int, tuple[ServerConfig, Extensions, dict[str, Command], frozenset[Command], Reply]
+] = {}
+_PER_CONFIG_MAX = 256
+
+
 class ServerConnection:
     """The server side of one SMTP or LMTP session.
 
@@ -149,13 +157,15 @@ class ServerConnection:
         self._secure = cfg.secure
         self._tls: TLSDetails | None = None
         self._tls_pending = False
-        self._extensions = self._make_extensions()
         self._reject_bare = cfg.line_endings is LineEndings.REJECT
-        # The verbs this session knows, looked up by the verb's text on every command line.
-        self._verbs = {command.value: command for command in Command if self._enabled(command)}
-        self._privacy_disabled = frozenset(
-            command for command in PRIVACY_COMMANDS if command.value in cfg.disabled_commands
-        )
+        # What depends on the config alone is worked out once per config, not once per connection.
+        shared = _PER_CONFIG.get(id(cfg))
+        if shared is None or shared[0] is not cfg:
+            shared = (cfg, self._make_extensions(), *self._verbs_for_config(), self._greeting())
+            if len(_PER_CONFIG) >= _PER_CONFIG_MAX:
+                _PER_CONFIG.clear()
+            _PER_CONFIG[id(cfg)] = shared
+        _, self._extensions, self._verbs, self._privacy_disabled, greeting = shared
         self._reader: Callable[[], _ReadResult] = (
             self._read_proxy if cfg.use_proxy else self._read_command
         )
@@ -186,7 +196,17 @@ class ServerConnection:
         self._data_finished = False
 
         if not cfg.use_proxy:  # behind a proxy the greeting waits for the PROXY header
-            self._queue(self._greeting())
+            self._queue(greeting)
+
+    def _verbs_for_config(self) -> tuple[dict[str, Command], frozenset[Command]]:
+        """The verbs a session knows (looked up by the verb's text on every command line), and the privacy
+        commands that are disabled."""
+        cfg = self.config
+        verbs = {command.value: command for command in Command if self._enabled(command)}
+        privacy_disabled = frozenset(
+            command for command in PRIVACY_COMMANDS if command.value in cfg.disabled_commands
+        )
+        return verbs, privacy_disabled
 
     # -- public API ---------------------------------------------------------------------------------------
 
@@ -461,7 +481,8 @@ class ServerConnection:
     # -- command mode -------------------------------------------------------------------------------------
 
     def _read_command(self) -> _ReadResult:
-        line = self._buffer.take_line(self._line_end)
+        line_end = self._line_end
+        line = self._buffer.take_line(line_end)
         limit = self.config.max_command_line
         if line is None:
             if len(self._buffer) > limit:
@@ -470,15 +491,17 @@ class ServerConnection:
                 self._discarding_line = True
             return None
         # The length on the wire with the terminator (before a lone LF, a CR is still part of ``line``).
-        if self._discarding_line or len(line) + len(self._line_end) > limit:
+        if self._discarding_line or len(line) + len(line_end) > limit:
             self._discarding_line = False
             return self._error(Reply(500, "Line too long", "5.5.6"))
-        if self._line_end == b"\n" and line.endswith(b"\r"):
-            line = line[:-1]
-        if self._reject_bare and (b"\n" in line or b"\r" in line):
-            return self._error(Reply(500, "Bare CR or LF in command line", "5.5.2"))
-        text = line.decode("ascii") if line.isascii() else line.decode("utf-8", "surrogateescape")
-        return self._dispatch(text)
+        if self._reject_bare:
+            if b"\n" in line or b"\r" in line:
+                return self._error(Reply(500, "Bare CR or LF in command line", "5.5.2"))
+        elif line.endswith(b"\r"):
+            line = line[:-1]  # the CR of a CRLF, when LF alone ends lines
+        if line.isascii():
+            return self._dispatch(line.decode("ascii"))
+        return self._dispatch(line.decode("utf-8", "surrogateescape"))
 
     def _dispatch(self, line: str) -> _ReadResult:
         verb, argument = split_command(line)

@@ -260,7 +260,7 @@ class ServerProcess:
             command = [*prefix, sink, *user, *lmtp_flag, f"{HOST}:{self.port}", "1024"]
         else:
             command = [*prefix, PYTHON, str(HERE / "servers.py"), server.kind]
-            command += ["--uvloop"] * server.uvloop + ["--lmtp"] * lmtp
+            command += ["--loop", "uvloop"] * server.uvloop + ["--lmtp"] * lmtp
             if tls is not None:
                 command += ["--cert", tls[0], "--key", tls[1]]
         self.proc = subprocess.Popen(

@@ -1,6 +1,6 @@
 """The servers that ``e2e.py`` measures, one per process: each reads every message to its end and drops it.
 
-Run from the project root: ``.venv/bin/python benchmarks/servers.py KIND [--uvloop] [--lmtp] [--cert PEM
+Run from the project root: ``.venv/bin/python benchmarks/servers.py KIND [--loop asyncio|uvloop] [--lmtp] [--cert PEM
 --key PEM] [--port N]``. It listens on 127.0.0.1 (port 0 picks a free one), prints ``READY <port>`` once it
 accepts connections, and serves until it is killed. KIND is one of:
 
@@ -12,7 +12,7 @@ accepts connections, and serves until it is killed. KIND is one of:
   has read the whole message into memory by then, as it always does).
 
 Every server answers STARTTLS only when given ``--cert``/``--key``, and then with the same kind of context
-(``ssl.create_default_context(Purpose.CLIENT_AUTH)``). ``--uvloop`` runs the asyncio-based kinds on uvloop.
+(``ssl.create_default_context(Purpose.CLIENT_AUTH)``). ``--loop uvloop`` (or ``--uvloop``) runs the asyncio-based kinds on uvloop.
 The module imports only what its server needs, so peak RSS compares servers, not harness code.
 """
 
@@ -258,10 +258,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--lmtp", action="store_true")
-    parser.add_argument("--uvloop", action="store_true", help="asyncio-based kinds only")
+    parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop of the asyncio-based kinds (asyncio, anyio, sink, aiosmtpd)",
+    )
+    parser.add_argument("--uvloop", action="store_true", help="the same as --loop uvloop")
     parser.add_argument("--cert", help="PEM certificate: offer STARTTLS")
     parser.add_argument("--key", help="PEM private key for --cert")
     args = parser.parse_args(argv)
+    args.uvloop = args.uvloop or args.loop == "uvloop"
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:

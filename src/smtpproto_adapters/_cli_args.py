@@ -13,10 +13,12 @@ from typing import NoReturn
 import smtpproto
 from smtpproto import __version__
 
-__all__ = ["BACKENDS", "LOG_LEVELS", "Parser", "UsageError", "build_parser"]
+__all__ = ["BACKENDS", "LOG_LEVELS", "LOOPS", "Parser", "UsageError", "build_parser"]
 
 #: The ``--backend`` choices; each is the module ``smtpproto_adapters.<name>``, imported only when chosen.
 BACKENDS = ("asyncio", "anyio", "trio", "blocking")
+#: The ``--loop`` choices: the event loop under the asyncio and anyio backends.
+LOOPS = ("asyncio", "uvloop")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _SIZE = re.compile(r"([0-9]+)\s*([KMG]?)I?B?", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -242,6 +244,12 @@ def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     run = serve.add_argument_group("running")
     run.add_argument(
         "--backend", choices=BACKENDS, default="asyncio", help="I/O backend (default %(default)s)"
+    )
+    run.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="asyncio",
+        help="event loop of the asyncio and anyio backends (default %(default)s)",
     )
     run.add_argument(
         "--workers",

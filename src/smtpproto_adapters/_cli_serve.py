@@ -93,6 +93,11 @@ def run_server(settings: ServeSettings, log: MessageLog, ready: Ready) -> None:
         _run_trio(module, core, settings, ready)
     elif settings.backend == "anyio":
         _run_anyio(module, core, settings, ready)
+    elif settings.loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve_asyncio(module, core, settings, ready))
     else:
         asyncio.run(_serve_asyncio(module, core, settings, ready))
 
@@ -203,7 +208,7 @@ def _run_anyio(module: Any, core: SinkCore, settings: ServeSettings, ready: Read
                 except ListenError as exc:
                     failed.append(exc)
 
-    anyio.run(main)
+    anyio.run(main, backend_options={"use_uvloop": settings.loop == "uvloop"})
     if failed:
         raise failed[0]
 

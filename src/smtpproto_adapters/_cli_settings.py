@@ -36,6 +36,8 @@ class ServeSettings:
     host: str
     port: int
     backend: str
+    #: The event loop under the asyncio/anyio backends: ``asyncio`` or ``uvloop``.
+    loop: str
     workers: int
     log_level: str
     options: ServerOptions
@@ -49,6 +51,7 @@ class ServeSettings:
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
     """Check ``serve``'s arguments and build its settings; raises :class:`UsageError`."""
     load_backend(args.backend)
+    _check_loop(args.loop, args.backend)
     context = _tls_context(args)
     users, methods = _auth(args, tls=context is not None)
     xclient = _peers("--xclient", args.xclient)
@@ -87,6 +90,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         host=args.host,
         port=args.port,
         backend=args.backend,
+        loop=args.loop,
         workers=args.workers,
         log_level=args.log_level,
         options=options,
@@ -104,6 +108,18 @@ def load_backend(name: str) -> object:
     except ImportError as exc:
         hint = f" (pip install 'smtpproto[{name}]')" if name in ("anyio", "trio") else ""
         raise UsageError(f"backend {name!r} is not available: {exc}{hint}") from None
+
+
+def _check_loop(loop: str, backend: str) -> None:
+    """``--loop uvloop`` needs an asyncio-based backend and uvloop itself."""
+    if loop == "asyncio":
+        return
+    if backend not in ("asyncio", "anyio"):
+        raise UsageError(f"--loop {loop} needs --backend asyncio or anyio, not {backend}")
+    try:
+        importlib.import_module(loop)
+    except ImportError as exc:
+        raise UsageError(f"--loop {loop} is not available: {exc} (pip install {loop})") from None
 
 
 def _peers(flag: str, value: str | None) -> tuple[str, ...]:

@@ -85,10 +85,12 @@ class CommandLog:
 
     def sent(self, data: bytes) -> None:
         """The server sent ``data`` (whole replies)."""
+        if not self.enabled:
+            return  # the SASL state only serves redaction, which only runs when logging
         for raw in data.split(b"\r\n"):
             if len(raw) >= 4 and raw[3:4] == b" ":  # the last line of a reply decides
                 self._sasl = raw.startswith(b"334")
-            if raw and self.enabled:
+            if raw:
                 self._logger.debug("S: %s", raw.decode("utf-8", "replace"))
 
     def _redact(self, line: str) -> str:

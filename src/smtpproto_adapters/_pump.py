@@ -234,6 +234,14 @@ class _Pump:
 
     async def _next(self) -> object:
         """The next event from the core, reading the transport as needed; never NEED_DATA or PAUSED."""
+        event = self._poll()
+        while event is smtpproto.NEED_DATA:
+            await self._fill()
+            event = self._poll()
+        return event
+
+    def _poll(self) -> object:
+        """The next event the core has without reading the transport, or NEED_DATA; never PAUSED."""
         while self.closed_event is None:
             try:
                 event = self.conn.next_event()
@@ -243,10 +251,10 @@ class _Pump:
                     self.conn.data_to_send()  # e.g. a bad PROXY header: no reply at all
                 continue
             if event is smtpproto.NEED_DATA:
-                await self._fill()
-            elif event is smtpproto.PAUSED:
+                return event
+            if event is smtpproto.PAUSED:
                 raise RuntimeError("the core waits for a decision the pump did not make")
-            elif isinstance(event, smtpproto.ConnectionClosed):
+            if isinstance(event, smtpproto.ConnectionClosed):
                 self.closed_event = event
             else:
                 return event
@@ -373,7 +381,7 @@ class _Pump:
 
     async def _message(self) -> None:
         """The DATA phase: on_data reads the message through a stream; then the final reply (or replies)."""
-        source = MessageReader(self._next, self.conn.config.max_message_size, self.log)
+        source = MessageReader(self._poll, self._fill, self.conn.config.max_message_size, self.log)
         self.commands.start_data()
         result: object = None
         if self.hooks.on_data is None:

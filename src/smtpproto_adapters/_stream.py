@@ -17,6 +17,7 @@ already been told, so the hook must not keep the message.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
@@ -26,6 +27,7 @@ import smtpproto
 from ._transport import drive
 
 __all__ = [
+    "PENDING",
     "AsyncDataStream",
     "AsyncStream",
     "BlockingDataStream",
@@ -35,6 +37,7 @@ __all__ = [
     "MessageReader",
     "MessageRefused",
     "MessageSource",
+    "Pending",
 ]
 
 
@@ -54,6 +57,16 @@ class MessageRefused(DataStreamError):
         self.reply = reply
 
 
+class Pending(enum.Enum):
+    """The type of :data:`PENDING`."""
+
+    PENDING = enum.auto()
+
+
+#: What :meth:`MessageSource.pull_ready` returns when the next chunk needs a read from the connection.
+PENDING = Pending.PENDING
+
+
 class MessageSource(Protocol):
     """Where a stream gets its chunks: implemented by the pump."""
 
@@ -69,6 +82,10 @@ class MessageSource(Protocol):
 
     async def pull(self) -> bytes | None:
         """The next chunk, or None at the end; raises :class:`DataStreamError`."""
+        ...
+
+    def pull_ready(self) -> bytes | Pending | None:
+        """:meth:`pull` if it can answer without reading the connection, else :data:`PENDING`."""
         ...
 
 
@@ -150,7 +167,9 @@ class AsyncStream(_Buffered):
         return self
 
     async def __anext__(self) -> bytes:
-        chunk = self._leftover() or await self._source.pull()
+        chunk = self._leftover() or self._source.pull_ready()
+        if chunk is PENDING:
+            chunk = await self._source.pull()
         if chunk is None:
             raise StopAsyncIteration
         return chunk
@@ -160,7 +179,9 @@ class AsyncStream(_Buffered):
         parts: list[bytes] = []
         have = 0
         while n < 0 or have < n:
-            chunk = self._leftover() or await self._source.pull()
+            chunk = self._leftover() or self._source.pull_ready()
+            if chunk is PENDING:
+                chunk = await self._source.pull()
             if chunk is None:
                 break
             if n >= 0:
@@ -177,7 +198,9 @@ class BlockingStream(_Buffered):
         return self
 
     def __next__(self) -> bytes:
-        chunk = self._leftover() or drive(self._source.pull())
+        chunk = self._leftover() or self._source.pull_ready()
+        if chunk is PENDING:
+            chunk = drive(self._source.pull())
         if chunk is None:
             raise StopIteration
         return chunk
@@ -187,7 +210,9 @@ class BlockingStream(_Buffered):
         parts: list[bytes] = []
         have = 0
         while n < 0 or have < n:
-            chunk = self._leftover() or drive(self._source.pull())
+            chunk = self._leftover() or self._source.pull_ready()
+            if chunk is PENDING:
+                chunk = drive(self._source.pull())
             if chunk is None:
                 break
             if n >= 0:
@@ -204,16 +229,19 @@ class BlockingStream(_Buffered):
 class MessageReader:
     """The :class:`MessageSource` of one DATA phase: turns the core's data events into chunks.
 
-    ``next_event`` is the pump's "next event, reading the socket as needed"; ``limit`` the size limit.
+    ``poll`` is the pump's "next event the core has, or NEED_DATA"; ``fill`` its "flush the replies and feed
+    the core the next read"; ``limit`` the size limit.
     """
 
     def __init__(
         self,
-        next_event: Callable[[], Awaitable[object]],
+        poll: Callable[[], object],
+        fill: Callable[[], Awaitable[None]],
         limit: int | None,
         logger: logging.LoggerAdapter[Any],
     ) -> None:
-        self._next_event = next_event
+        self._poll = poll
+        self._fill = fill
         self._limit = limit
         self._log = logger
         self.size = 0
@@ -231,20 +259,30 @@ class MessageReader:
 
     async def pull(self) -> bytes | None:
         """The next chunk, None at the end; raises MessageRefused or MessageAborted."""
+        chunk = self.pull_ready()
+        while chunk is PENDING:
+            await self._fill()
+            chunk = self.pull_ready()
+        return chunk
+
+    def pull_ready(self) -> bytes | Pending | None:
+        """:meth:`pull` without reading the connection: PENDING when the core needs more data first."""
         if self.end is not None:
             if self.end.refusal is not None:
                 raise MessageRefused(self.end.refusal)
             return None
         if self.aborted:
             raise MessageAborted("the message was not received in full")
-        event = await self._next_event()
+        event = self._poll()
         if isinstance(event, smtpproto.DataChunk):
             self.size += len(event.data)
             return event.data
+        if event is smtpproto.NEED_DATA:
+            return PENDING
         if isinstance(event, smtpproto.DataEnd):
             self.end = event
             self.size = event.size
-            return await self.pull()
+            return self.pull_ready()
         self.aborted = True  # ConnectionClosed: EOF, idle timeout or shutdown mid-message
         if not isinstance(event, smtpproto.ConnectionClosed):
             self._log.error("unexpected event inside DATA: %r", event)

@@ -11,18 +11,19 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import ssl
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from ._hooks import Hook
 from ._options import ServerOptions
-from ._pump import run_session
+from ._pump import READ_SIZE, run_session
 from ._server import ServerState, Statistics, build_options
 from ._session import TLSInfo
 from ._stream import AsyncStream, MessageSource
-from ._transport import SendGuard, ShutdownRequested, tls_info
+from ._transport import ShutdownRequested, tls_info
 
 __all__ = ["SMTPServer"]
 
@@ -52,6 +53,8 @@ class SMTPServer:
         self._closed: asyncio.Event | None = None
         self._closing: asyncio.Future[None] | None = None
         self._runner = _Runner()
+        #: Where every connection's transport reads to (see _Connection.get_buffer).
+        self._read_buffer = memoryview(bytearray(READ_SIZE))
 
     @property
     def options(self) -> ServerOptions:
@@ -168,8 +171,12 @@ class _Runner:
         return str(host)
 
 
-class _Connection(asyncio.Protocol):
-    """One connection: an asyncio Protocol that is also the pump's Transport."""
+class _Connection(asyncio.BufferedProtocol):
+    """One connection: an asyncio BufferedProtocol that is also the pump's Transport.
+
+    The transport reads into the server's one read buffer (:meth:`get_buffer`); :meth:`buffer_updated` copies
+    what arrived out of it once, into a chunk of its own that :meth:`receive` hands to the pump as it is.
+    """
 
     remote_address = ""
     remote_port = 0
@@ -180,7 +187,8 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        self._chunks: collections.deque[bytes] = collections.deque()  # received, not yet taken
+        self._queued = 0  # octets in _chunks
         self._eof = False
         self._error: BaseException | None = None
         self._reading_paused = False
@@ -190,12 +198,17 @@ class _Connection(asyncio.Protocol):
         self._lost = self._loop.create_future()
         self._interrupted = False
         self._tls = False
-        self._guard = SendGuard()
+        self._sending = False  # a send is waiting for the transport to drain
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed: asyncio.Future[None] | None = None  # the wait that the timer times
+        self._wait_started = 0.0
+        self._wait_timeout = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # Not an isinstance check: uvloop's transports have the same methods but are no asyncio.Transport.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
@@ -206,9 +219,14 @@ class _Connection(asyncio.Protocol):
             transport.pause_reading()
         self._server._start(self)
 
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) >= _HIGH_WATER and not self._reading_paused and self._transport:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Shared by every connection of the server: buffer_updated always empties it before the next read.
+        return self._server._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._chunks.append(self._server._read_buffer[:nbytes].tobytes())
+        self._queued += nbytes
+        if self._queued >= _HIGH_WATER and not self._reading_paused and self._transport:
             self._reading_paused = True
             self._transport.pause_reading()
         self._wake()
@@ -220,6 +238,9 @@ class _Connection(asyncio.Protocol):
         return not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._eof = True
         self._error = exc
         self._wake()
@@ -244,6 +265,31 @@ class _Connection(asyncio.Protocol):
             else:
                 waiter.set_exception(exc)
 
+    def _arm_timer(self, timeout: float) -> None:
+        """Time out the wait that starts now after ``timeout`` seconds.
+
+        One timer per connection, not one per wait: a wait only notes when it started, and the timer, when it
+        fires, either times out the wait that has lasted long enough or re-arms itself for the current one.
+        """
+        now = self._loop.time()
+        self._timed = self._waiter
+        self._wait_started = now
+        self._wait_timeout = timeout
+        if self._timer is None or self._timer.when() > now + timeout:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(now + timeout, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        if self._timed is None or self._timed.done():
+            return  # not waiting: the next wait arms a new timer
+        deadline = self._wait_started + self._wait_timeout
+        if self._loop.time() >= deadline:
+            self._wake(TimeoutError())
+        else:
+            self._timer = self._loop.call_at(deadline, self._timer_fired)
+
     def interrupt(self) -> None:
         """Ask the session to end: its current or next receive raises ShutdownRequested."""
         self._interrupted = True
@@ -254,21 +300,21 @@ class _Connection(asyncio.Protocol):
     async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
         if self._interrupted:
             raise ShutdownRequested
-        if not self._buffer and not self._eof:
+        if not self._chunks and not self._eof:
             self._waiter = self._loop.create_future()
-            handle = None
             if timeout is not None:
-                handle = self._loop.call_later(timeout, self._wake, TimeoutError())
+                self._arm_timer(timeout)
             try:
                 await self._waiter
             finally:
-                self._waiter = None
-                if handle is not None:
-                    handle.cancel()
-        if self._buffer:
-            data = bytes(self._buffer[:max_bytes])
-            del self._buffer[:max_bytes]
-            if self._reading_paused and len(self._buffer) < _LOW_WATER and self._transport:
+                self._waiter = self._timed = None
+        if self._chunks:
+            data = self._chunks.popleft()
+            if len(data) > max_bytes:
+                self._chunks.appendleft(data[max_bytes:])
+                data = data[:max_bytes]
+            self._queued -= len(data)
+            if self._reading_paused and self._queued < _LOW_WATER and self._transport:
                 self._reading_paused = False
                 self._transport.resume_reading()
             return data
@@ -308,24 +354,31 @@ class _Connection(asyncio.Protocol):
         return b""
 
     async def send(self, data: bytes) -> None:
-        with self._guard:
-            transport = self._transport
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("connection closed")
-            transport.write(data)
-            if self._writing_paused:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        # Only one task runs at a time: a plain flag catches a second writer (a bug) like SendGuard does.
+        if self._sending:
+            raise RuntimeError("another task or thread is already sending on this connection")
+        transport.write(data)
+        if self._writing_paused:
+            self._sending = True
+            try:
                 self._drained = self._loop.create_future()
                 timeout = self._server.options.socket_timeout
                 await asyncio.wait_for(self._drained, timeout)
-                if transport.is_closing():
-                    raise ConnectionResetError("connection closed")
+            finally:
+                self._sending = False
+            if transport.is_closing():
+                raise ConnectionResetError("connection closed")
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float | None) -> TLSInfo:
         transport = self._transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("connection closed")
         # Plaintext received after STARTTLS is never decrypted or passed on (the core drops its copy too).
-        self._buffer.clear()
+        self._chunks.clear()
+        self._queued = 0
         self._reading_paused = False
         new = await self._loop.start_tls(
             transport, self, context, server_side=True, ssl_handshake_timeout=timeout
@@ -344,11 +397,15 @@ class _Connection(asyncio.Protocol):
         if not transport.is_closing():
             transport.close()
         # A client that never reads cannot keep a closing connection around.
+        if self._lost.done():
+            return
         grace = min(self._server.options.socket_timeout, 5.0)
+        handle = self._loop.call_later(grace, transport.abort)  # abort() ends in connection_lost
         try:
-            await asyncio.wait_for(asyncio.shield(self._lost), grace)
-        except TimeoutError:
-            transport.abort()
+            # Cancelling this wait may cancel _lost too, which only connection_lost would have set.
+            await self._lost
+        finally:
+            handle.cancel()
 
 
 class _BoundedRead(asyncio.BufferedProtocol):

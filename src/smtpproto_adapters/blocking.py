@@ -265,9 +265,8 @@ class _SocketTransport:
         self._selector.register(self._kill.fileobj(), selectors.EVENT_READ)
         self.remote_address, self.remote_port = _address(sock.getpeername())
         self.local_address, self.local_port = _address(sock.getsockname())
-        sock.settimeout(
-            server.options.socket_timeout
-        )  # also bounds a send to a client that never reads
+        self._sock_timeout: float | None = server.options.socket_timeout
+        sock.settimeout(self._sock_timeout)  # also bounds a send to a client that never reads
 
     async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
         if self._kill.flag.is_set():
@@ -280,7 +279,9 @@ class _SocketTransport:
                 raise ShutdownRequested
             if not ready:
                 raise TimeoutError
-        sock.settimeout(timeout)  # an incomplete TLS record must not block forever either
+        if timeout != self._sock_timeout:  # an incomplete TLS record must not block forever either
+            sock.settimeout(timeout)
+            self._sock_timeout = timeout
         return sock.recv(max_bytes)
 
     async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
@@ -290,7 +291,10 @@ class _SocketTransport:
 
     async def send(self, data: bytes) -> None:
         with self._guard:
-            self._sock.settimeout(self._server.options.socket_timeout)
+            timeout = self._server.options.socket_timeout
+            if timeout != self._sock_timeout:
+                self._sock.settimeout(timeout)
+                self._sock_timeout = timeout
             self._sock.sendall(data)
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float | None) -> TLSInfo:
@@ -299,6 +303,7 @@ class _SocketTransport:
         self._sock = tls_sock  # from here on aclose() closes the TLS socket
         self._selector.register(tls_sock, selectors.EVENT_READ)
         tls_sock.settimeout(timeout)
+        self._sock_timeout = timeout
         tls_sock.do_handshake()
         tls = self._server._state.tls
         return tls_info(tls_sock, tls.servername(tls_sock) if tls else None)

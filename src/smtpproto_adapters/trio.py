@@ -33,7 +33,7 @@ from ._session import TLSInfo
 from ._sockets import reuse_port_sockets
 from ._stream import AsyncStream, MessageSource
 from ._tls import capture_servername
-from ._transport import SendGuard, ShutdownRequested, tls_info
+from ._transport import ShutdownRequested, tls_info
 
 __all__ = ["SMTPServer"]
 
@@ -263,7 +263,7 @@ class _Connection:
         self._receive_scope: trio.CancelScope | None = None
         self._interrupted = False
         self._closed = False
-        self._guard = SendGuard()
+        self._sending = False
 
     def interrupt(self) -> None:
         """Ask the session to end: its current or next receive raises ShutdownRequested."""
@@ -298,15 +298,20 @@ class _Connection:
         return await self.receive(max_bytes, timeout)
 
     async def send(self, data: bytes) -> None:
-        with self._guard:
-            try:
-                # A cancelled send_all leaves the stream broken; the pump never writes again after it.
-                with trio.fail_after(self._timeout):
-                    await self._stream.send_all(data)
-            except trio.TooSlowError:
-                raise TimeoutError("the client does not read its replies") from None
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ConnectionResetError(_reason(exc)) from exc
+        # One task at a time: a plain flag catches a second writer (a bug) as SendGuard does, for less.
+        if self._sending:
+            raise RuntimeError("another task or thread is already sending on this connection")
+        self._sending = True
+        try:
+            # A cancelled send_all leaves the stream broken; the pump never writes again after it.
+            with trio.fail_after(self._timeout):
+                await self._stream.send_all(data)
+        except trio.TooSlowError:
+            raise TimeoutError("the client does not read its replies") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionResetError(_reason(exc)) from exc
+        finally:
+            self._sending = False
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float | None) -> TLSInfo:
         # Nothing to discard here: the pump's receive never reads past what it asked for, and the core

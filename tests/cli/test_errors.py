@@ -23,6 +23,11 @@ USAGE_ERRORS = [
     (["serve", "--socket-timeout", "-1"], "argument --socket-timeout: must be a positive"),
     (["serve", "--line-endings", "lf"], "argument --line-endings: invalid choice: 'lf'"),
     (["serve", "--backend", "gevent"], "argument --backend: invalid choice: 'gevent'"),
+    (["serve", "--loop", "gevent"], "argument --loop: invalid choice: 'gevent'"),
+    (
+        ["serve", "--backend", "trio", "--loop", "uvloop"],
+        "--loop uvloop needs --backend asyncio or anyio, not trio",
+    ),
     (["serve", "--mbox", "m", "--stdout"], "argument --stdout: not allowed with argument --mbox"),
     (["serve", "--auth-file", "missing"], "cannot read the auth file missing: No such file"),
     (["serve", "--auth-file", "bad-users", "--self-signed"], "bad-users, line 2: expected"),
@@ -93,7 +98,7 @@ def test_help_documents_every_flag() -> None:
              "--tls-cert", "--tls-key", "--implicit-tls", "--self-signed", "--auth-file",
              "--auth-required", "--allow-insecure-auth", "--auth-methods", "--size",
              "--max-clients", "--max-recipients", "--socket-timeout", "--line-endings",
-             "--proxy-protocol", "--backend", "--workers", "--log-level",
+             "--proxy-protocol", "--backend", "--loop", "--workers", "--log-level",
              "--no-received-header"]  # fmt: skip
     assert [flag for flag in flags if flag not in serve.stdout] == []
 

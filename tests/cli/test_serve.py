@@ -307,6 +307,16 @@ def test_stdout(serve, tmp_path: Path) -> None:
 # -- no mail lost -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "anyio"])
+def test_uvloop_serves_a_message(serve, tmp_path: Path, backend: str) -> None:
+    pytest.importorskip("uvloop")
+    server = serve("--backend", backend, "--loop", "uvloop")
+    send(server.port)
+    server.line()
+    [data] = stored(tmp_path / "maildir")
+    assert data.endswith(MESSAGE)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_store_failure_answers_451_and_leaves_no_file(serve, tmp_path: Path, backend: str) -> None:
     server = serve("--backend", backend)

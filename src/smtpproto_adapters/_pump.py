@@ -402,13 +402,13 @@ class _Pump:
         if end is None:  # the client went away, timed out, or the server is shutting down
             return
         self.commands.end_data(end.size)
-        self.server.count("bytes", end.size)
+        accepted = False
         if end.refusal is None:
             outcomes = self._final_outcomes(outcome, result)
             for each in outcomes:
                 self._answer(each)
-            if any(is_accept(each) for each in outcomes):
-                self.server.count("messages")
+            accepted = any(is_accept(each) for each in outcomes)
+        self.server.count_message(end.size, accepted)
         self.session.transaction += 1
         self.session.reset_transaction()
 

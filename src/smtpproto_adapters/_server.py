@@ -106,6 +106,14 @@ class ServerState:
         with self._lock:
             self._counts[name] += amount
 
+    def count_message(self, size: int, accepted: bool) -> None:
+        """One finished DATA transaction: its ``size`` in bytes, and a message if ``accepted`` (one lock)."""
+        with self._lock:
+            counts = self._counts
+            counts["bytes"] += size
+            if accepted:
+                counts["messages"] += 1
+
     @property
     def active(self) -> int:
         """Sessions open now."""

@@ -206,6 +206,8 @@ class SMTPServer:
             self._idle = trio.Event()
         self._connections.add(connection)
         # run_session handles its own errors; the except only keeps a bug from crashing the whole nursery.
+        if connection.watched and self._sessions is not None:
+            self._sessions.start_soon(connection.watch)
         try:
             with connection.scope:
                 await run_session(self._state, connection, self._runner)
@@ -213,6 +215,7 @@ class SMTPServer:
             self._state.count("errors")
             self._state.logger.exception("session task failed")
         finally:
+            connection.unwatch()
             self._connections.discard(connection)
             if not self._connections:
                 self._idle.set()
@@ -246,8 +249,19 @@ class _Runner:
         return None
 
 
+_RECEIVING, _SENDING = 1, 2
+
+
 class _Connection:
-    """One connection: the pump's Transport over a trio stream (a ``trio.SSLStream`` after TLS starts)."""
+    """One connection: the pump's Transport over a trio stream (a ``trio.SSLStream`` after TLS starts).
+
+    On a plain socket the timeouts cost no cancel scope per receive or send (trio charges ~15 µs for
+    each): a watchdog task per connection sleeps until the earliest moment the current wait could time
+    out, and when a wait really has, wakes it with ``trio.lowlevel.notify_closing`` (which leaves the
+    socket usable, so the 421 still goes out). Every wait is ``socket_timeout`` long, so a wait that starts
+    later never needs an earlier wake-up: the watchdog re-checks lazily, like the asyncio backend's timer.
+    After STARTTLS (or on other streams) each wait gets its own cancel scope instead.
+    """
 
     def __init__(
         self, stream: trio.abc.Stream, remote: Any, local: Any, state: ServerState
@@ -264,12 +278,47 @@ class _Connection:
         self._interrupted = False
         self._closed = False
         self._sending = False
+        #: The plain socket the watchdog guards (None: scoped waits, as after STARTTLS).
+        self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._waiting = 0  # _RECEIVING or _SENDING while a wait on self._sock is in progress
+        self._wait_started = 0.0
+        self._tripped = False  # the watchdog timed the current wait out
+        self._watch_scope = trio.CancelScope()
+        self._first_wake = trio.current_time() + self._timeout
+
+    @property
+    def watched(self) -> bool:
+        """Whether this connection needs its :meth:`watch` task."""
+        return self._sock is not None
+
+    async def watch(self) -> None:
+        """The watchdog: time out the wait in progress once it has lasted ``socket_timeout``."""
+        timeout = self._timeout
+        wake = self._first_wake
+        with self._watch_scope:
+            while True:
+                await trio.sleep_until(wake)
+                now = trio.current_time()
+                if self._waiting and self._sock is not None:
+                    deadline = self._wait_started + timeout
+                    if now < deadline:
+                        wake = deadline
+                        continue
+                    self._tripped = True
+                    trio.lowlevel.notify_closing(self._sock)
+                wake = now + timeout
+
+    def unwatch(self) -> None:
+        """End the watchdog (the session is over)."""
+        self._watch_scope.cancel()
 
     def interrupt(self) -> None:
         """Ask the session to end: its current or next receive raises ShutdownRequested."""
         self._interrupted = True
         if self._receive_scope is not None:
             self._receive_scope.cancel()
+        if self._waiting == _RECEIVING and self._sock is not None:
+            trio.lowlevel.notify_closing(self._sock)
 
     def kill(self) -> None:
         """Cancel the session wherever it is (its cleanup still runs, shielded and bounded)."""
@@ -278,6 +327,20 @@ class _Connection:
     async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
         if self._interrupted:
             raise ShutdownRequested
+        sock = self._sock
+        if sock is not None and timeout == self._timeout:
+            self._waiting, self._wait_started = _RECEIVING, trio.current_time()
+            try:
+                # recv(n) takes at most n octets off the socket and leaves the rest (receive_before_tls).
+                return await sock.recv(max_bytes)  # b"" at EOF
+            except trio.ClosedResourceError as exc:  # notify_closing: interrupt() or the watchdog
+                if self._interrupted:
+                    raise ShutdownRequested from None
+                if self._tripped:
+                    raise TimeoutError from None
+                raise ConnectionResetError(_reason(exc)) from exc
+            finally:
+                self._waiting, self._tripped = 0, False
         # Cancelling a receive loses nothing: trio hands over bytes atomically, SSLStream included
         # (outside a handshake), so a timeout or interrupt() can cut in at any point.
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
@@ -302,6 +365,22 @@ class _Connection:
         if self._sending:
             raise RuntimeError("another task or thread is already sending on this connection")
         self._sending = True
+        sock = self._sock
+        if sock is not None:
+            self._waiting, self._wait_started = _SENDING, trio.current_time()
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[await sock.send(view) :]
+                    if self._tripped:  # timed out between two partial sends
+                        raise trio.ClosedResourceError
+            except trio.ClosedResourceError as exc:  # the watchdog, or the socket was closed
+                if self._tripped:
+                    raise TimeoutError("the client does not read its replies") from None
+                raise ConnectionResetError(_reason(exc)) from exc
+            finally:
+                self._waiting, self._tripped, self._sending = 0, False, False
+            return
         try:
             # A cancelled send_all leaves the stream broken; the pump never writes again after it.
             with trio.fail_after(self._timeout):
@@ -316,6 +395,7 @@ class _Connection:
     async def start_tls(self, context: ssl.SSLContext, timeout: float | None) -> TLSInfo:
         # Nothing to discard here: the pump's receive never reads past what it asked for, and the core
         # already dropped whatever it had buffered after STARTTLS.
+        self._sock = None  # the watchdog leaves TLS waits to their own cancel scopes
         stream = trio.SSLStream(self._stream, context, server_side=True)
         self._stream = stream  # from here on aclose() closes the TLS stream
         try:

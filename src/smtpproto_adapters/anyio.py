@@ -18,9 +18,12 @@ trio, :meth:`SMTPServer.listen` binds the sockets and ``serve_forever`` does the
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import socket
 import ssl
+from asyncio.trsock import TransportSocket
 from types import TracebackType
 from typing import Any, Self
 
@@ -230,6 +233,8 @@ class SMTPServer:
         if not self._connections:
             self._idle = anyio.Event()
         self._connections.add(connection)
+        if connection.watched and self._sessions is not None:
+            self._sessions.start_soon(connection.watch)
         # run_session handles its own errors; the except only keeps a bug from crashing the task group.
         try:
             with connection.scope:
@@ -238,6 +243,7 @@ class SMTPServer:
             self._state.count("errors")
             self._state.logger.exception("session task failed")
         finally:
+            connection.unwatch()
             self._connections.discard(connection)
             if not self._connections and self._idle is not None:
                 self._idle.set()
@@ -272,7 +278,17 @@ class _Runner:
 
 
 class _Connection:
-    """One connection: the pump's Transport over an anyio byte stream (a ``TLSStream`` after TLS starts)."""
+    """One connection: the pump's Transport over an anyio byte stream (a ``TLSStream`` after TLS starts).
+
+    On a plain socket the timeouts cost no cancel scope per receive or send (anyio charges ~10-15 µs for
+    each). A receive waits in the stream with no scope at all: a watchdog task per connection sleeps until
+    the earliest moment the wait could time out and, when it really has, shuts the socket's read side
+    (``shutdown(SHUT_RD)``), which ends the wait with an end of stream on either anyio backend and leaves
+    the write side usable, so the 421 still goes out; interrupt() does the same. A send first writes
+    straight to the socket's descriptor (the stream keeps nothing queued between sends: its send returns
+    only once all is handed to the kernel), and only what the kernel does not take at once goes through
+    the stream under a deadline. After STARTTLS (or on other streams) each wait gets its own cancel scope instead.
+    """
 
     def __init__(self, stream: ByteStream, remote: Any, local: Any, state: ServerState) -> None:
         self.remote_address, self.remote_port = str(remote[0]), int(remote[1])
@@ -287,12 +303,56 @@ class _Connection:
         self._interrupted = False
         self._closed = False
         self._sending = False
+        #: The plain socket the watchdog guards (None: scoped waits, as after STARTTLS or on other streams).
+        self._sock = _plain_socket(stream) if self._timeout is not None else None
+        self._fd = self._sock.fileno() if self._sock is not None else -1
+        self._receiving = False  # a watched receive is in progress
+        self._wait_started = 0.0
+        self._timed_out = False  # the watchdog shut the read side: every later receive times out
+        self._watch_scope = anyio.CancelScope()
+
+    @property
+    def watched(self) -> bool:
+        """Whether this connection needs its :meth:`watch` task."""
+        return self._sock is not None
+
+    async def watch(self) -> None:
+        """The watchdog: time out the receive in progress once it has lasted ``socket_timeout``."""
+        timeout = self._timeout
+        assert timeout is not None
+        with self._watch_scope:
+            wake = anyio.current_time() + timeout
+            while True:
+                await anyio.sleep_until(wake)
+                now = anyio.current_time()
+                if self._receiving and self._sock is not None:
+                    # Every wait is socket_timeout long, so one that started later never needs an earlier
+                    # wake-up: re-check lazily.
+                    deadline = self._wait_started + timeout
+                    if now < deadline:
+                        wake = deadline
+                        continue
+                    self._timed_out = True
+                    self._shut_read()
+                    return
+                wake = now + timeout
+
+    def unwatch(self) -> None:
+        """End the watchdog (the session is over)."""
+        self._watch_scope.cancel()
+
+    def _shut_read(self) -> None:
+        assert self._sock is not None
+        with contextlib.suppress(OSError):  # already gone: the receive sees that by itself
+            self._sock.shutdown(socket.SHUT_RD)
 
     def interrupt(self) -> None:
         """Ask the session to end: its current or next receive raises ShutdownRequested."""
         self._interrupted = True
         if self._receive_scope is not None:
             self._receive_scope.cancel()
+        if self._receiving and self._sock is not None:
+            self._shut_read()
 
     def kill(self) -> None:
         """Cancel the session wherever it is (its cleanup still runs, shielded and bounded)."""
@@ -301,6 +361,27 @@ class _Connection:
     async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
         if self._interrupted:
             raise ShutdownRequested
+        if self._sock is not None and timeout == self._timeout:
+            if self._timed_out:
+                raise TimeoutError
+            self._receiving, self._wait_started = True, anyio.current_time()
+            try:
+                return await self._stream.receive(max_bytes)
+            except anyio.EndOfStream:
+                # The read side was shut by interrupt() or the watchdog, or the client sent its EOF.
+                if self._interrupted:
+                    raise ShutdownRequested from None
+                if self._timed_out:
+                    raise TimeoutError from None
+                return b""
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                if self._interrupted:
+                    raise ShutdownRequested from None
+                if self._timed_out:
+                    raise TimeoutError from None
+                raise ConnectionResetError(_reason(exc)) from exc
+            finally:
+                self._receiving = False
         # Cancelling a receive loses nothing (anyio keeps unread data buffered, TLSStream included), so a
         # timeout or interrupt() can cut in at any point.
         with anyio.move_on_after(timeout) as scope:
@@ -329,6 +410,20 @@ class _Connection:
             raise RuntimeError("another task or thread is already sending on this connection")
         self._sending = True
         try:
+            sock = self._sock
+            if sock is not None:
+                # Closed under us: never write to a descriptor that may since belong to another socket.
+                if sock.fileno() != self._fd:
+                    raise ConnectionResetError("the connection is closed")
+                try:
+                    sent = os.write(self._fd, data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    raise ConnectionResetError(str(exc) or type(exc).__name__) from exc
+                if sent == len(data):
+                    return
+                data = data[sent:]
             # A cancelled or timed-out send leaves the stream broken; the pump never writes again after it.
             with anyio.fail_after(self._timeout):
                 await self._stream.send(data)
@@ -341,6 +436,7 @@ class _Connection:
         # Nothing to discard here: the pump's receive never reads past what it asked for, and the core
         # already dropped whatever it had buffered after STARTTLS. Implicit TLS comes here too, rather than
         # through a TLSListener, so that max_clients, PROXY and the tls_failures count apply before it.
+        self._sock = None  # the watchdog leaves TLS waits to their own cancel scopes
         try:
             with anyio.fail_after(timeout):
                 stream = await TLSStream.wrap(self._stream, server_side=True, ssl_context=context)
@@ -375,3 +471,19 @@ class _Connection:
 def _reason(exc: BaseException) -> str:
     """The underlying error of an anyio stream exception, for the log."""
     return str(exc.__cause__ or exc) or type(exc).__name__
+
+
+def _plain_socket(stream: ByteStream) -> socket.socket | TransportSocket | None:
+    """The kernel socket under a plain anyio socket stream, if it may be written and shut directly.
+
+    Under anyio's trio backend that is a ``socket.socket``; under asyncio it is the transport's
+    ``TransportSocket``, which still shuts down but may not send (its file descriptor does, through
+    ``os.write``). uvloop's stand-in, and anything else, gets scoped waits.
+    """
+    if os.name != "posix" or not isinstance(stream, SocketStream):
+        return None
+    try:
+        sock = stream.extra(SocketAttribute.raw_socket)
+    except Exception:  # noqa: BLE001  # no usable socket: scoped waits
+        return None
+    return sock if isinstance(sock, (socket.socket, TransportSocket)) else None

@@ -926,7 +926,7 @@ def test_tls_page_self_signed_warnings(
 
 # -- docs/adapters.md: the Node smtp-server table ------------------------------------------------------------
 
-#: Every option of Node's smtp-server (its documentation and the reference notes in shared/REFERENCE.md §1).
+#: Every option of Node's smtp-server (its documented options).
 NODE_OPTIONS = (
     "name",
     "banner",

@@ -1,4 +1,4 @@
-"""RFC 5321 core conformance: CONFORMANCE.md §1.1-§1.4 and §1.9-§1.10, one test (or parameter) per item ID.
+"""RFC 5321 core conformance: conformance checklist §1.1-§1.4 and §1.9-§1.10, one test (or parameter) per item ID.
 
 The other parts of §1 are in ``test_paths_and_limits.py`` (§1.5, §1.6) and ``test_data_transfer.py``
 (§1.7, §1.8).

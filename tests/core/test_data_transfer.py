@@ -1,4 +1,4 @@
-"""RFC 5321 DATA and the client going away: CONFORMANCE.md §1.7 and §1.8, named by item ID.
+"""RFC 5321 DATA and the client going away: conformance checklist §1.7 and §1.8, named by item ID.
 
 Every scenario runs through ``session()`` (whole, byte by byte, split in two everywhere) unless its outcome
 depends on how the input is split by nature, or the input is too large for that; then ``run()`` is used.

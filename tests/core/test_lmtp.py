@@ -1,4 +1,4 @@
-"""RFC 2033 LMTP at the core: CONFORMANCE.md §5, named by item ID (LMTP-10 needs CHUNKING, not offered)."""
+"""RFC 2033 LMTP at the core: conformance checklist §5, named by item ID (LMTP-10 needs CHUNKING, not offered)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RFC 5321 paths, mailboxes and limits: CONFORMANCE.md §1.5 and §1.6, named by item ID.
+"""RFC 5321 paths, mailboxes and limits: conformance checklist §1.5 and §1.6, named by item ID.
 
 Every scenario runs through ``session()`` (whole, byte by byte, split in two everywhere) unless its outcome
 depends on how the input is split by nature, or the input is too large for that; then ``run()`` is used.

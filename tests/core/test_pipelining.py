@@ -1,4 +1,4 @@
-"""RFC 2920 PIPELINING at the core: CONFORMANCE.md §2, named by item ID.
+"""RFC 2920 PIPELINING at the core: conformance checklist §2, named by item ID.
 
 PIPE-04 and PIPE-11 (slow hooks, back-pressure) are adapter tests, PIPE-09/10 need AUTH and PIPE-12 needs
 CHUNKING; they are not here.

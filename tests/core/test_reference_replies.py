@@ -1,4 +1,4 @@
-"""REFERENCE.md §0: the reply table of the reference server, row by row, for what the core does itself.
+"""The reply table of the reference server (Node's smtp-server), row by row, for what the core does itself.
 
 Each row asserts the basic reply code of the reference and our enhanced code; the texts are ours. Rows about
 AUTH, STARTTLS, XCLIENT/XFORWARD and PROXY belong to those features' tests; rows about the driver (too many

@@ -2,7 +2,7 @@
 
 Each generator is driven step by step: what it yields is what follows ``334 ``, what it is sent is the client's
 next line without CRLF. Base64 is computed here with :mod:`base64`, plus a few literal vectors pinned from
-CONFORMANCE.md §4.
+the conformance checklist §4.
 """
 
 from __future__ import annotations

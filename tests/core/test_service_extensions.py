@@ -1,4 +1,4 @@
-"""Service extensions at the core: CONFORMANCE.md §6.1 SIZE, §6.2 8BITMIME, §6.3 SMTPUTF8, §6.5 enhanced
+"""Service extensions at the core: conformance checklist §6.1 SIZE, §6.2 8BITMIME, §6.3 SMTPUTF8, §6.5 enhanced
 status codes, §6.6 DSN and §6.7 REQUIRETLS (plaintext sessions), named by item ID.
 
 SIZE-12 needs CHUNKING (not offered); RTLS-05 needs a TLS session.

@@ -1,4 +1,4 @@
-"""SMTP smuggling at the core: CONFORMANCE.md §7, named by item ID.
+"""SMTP smuggling at the core: conformance checklist §7, named by item ID.
 
 SMUG-06 concerns BDAT, which is not offered (see ``test_smug_06_bdat_is_not_offered``); SMUG-08 concerns a
 client role that does not exist yet.

@@ -1,4 +1,4 @@
-"""End-to-end throughput and memory of smtpproto's servers against aiosmtpd, a bare asyncio sink and Postfix.
+"""End-to-end throughput and memory of smtpproto's servers against aiosmtpd, Node's smtp-server, a bare sink, Postfix.
 
 Run from the project root: ``.venv/bin/python benchmarks/e2e.py`` (five rounds, about ten minutes on two
 cores) or ``--quick`` (one round). Options: ``--servers`` and ``--workloads`` pick columns and rows by name
@@ -6,7 +6,7 @@ cores) or ``--quick`` (one round). Options: ``--servers`` and ``--workloads`` pi
 ``--json FILE`` keeps every sample, ``--profile DIR`` attaches ``py-spy`` to each Python server while it is
 under load and prints where its time goes.
 
-Every measurement starts a fresh server (``servers.py``, or Postfix's ``smtp-sink``) in its own process on
+Every measurement starts a fresh server (``servers.py``, ``node_sink.js`` or Postfix's ``smtp-sink``) in its own process on
 127.0.0.1, sends it one warm-up message, then runs the workload's load against it: Postfix's ``smtp-source``
 where it can (present, and the workload neither pipelines nor needs STARTTLS), else ``loadgen.py``. Within a
 round the servers take turns on one workload (A B C A B C ...), so drift on the machine spreads over all of
@@ -18,7 +18,8 @@ The memory goals use a fresh server each: peak RSS after one 1 KiB message and t
 message on the same server, and RSS before and with 1,000 idle connections that each said EHLO.
 
 It installs nothing: ``smtp-source``/``smtp-sink`` come from the Debian package ``postfix``, aiosmtpd and
-uvloop from the ``bench`` extra, ``py-spy`` from pip; whatever is missing is left out of the table.
+uvloop from the ``bench`` extra, ``py-spy`` from pip, Node's ``smtp-server`` from npm into ``benchmarks/.node``;
+whatever is missing is left out of the table.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ LOAD_TIMEOUT = 300.0
 
 @dataclass(frozen=True)
 class Server:
-    """A column: ``kind`` is a ``servers.py`` KIND, or ``smtp-sink`` for Postfix's C sink."""
+    """A column: ``kind`` is a ``servers.py`` KIND, ``node`` (``node_sink.js``) or ``smtp-sink`` (Postfix)."""
 
     name: str
     kind: str
@@ -103,10 +104,12 @@ SERVERS = [
     Server("smtpproto anyio", "anyio"),
     Server("asyncio Protocol sink", "sink"),
     Server("aiosmtpd 1.4.6", "aiosmtpd"),
+    Server("Node smtp-server 3.21.6", "node", python=False),
     Server("Postfix smtp-sink", "smtp-sink", starttls=False, python=False, idle=False),
 ]
 BASELINE = "aiosmtpd 1.4.6"
 OURS = "smtpproto asyncio"
+NODE = "Node smtp-server 3.21.6"
 
 WORKLOADS = [
     Workload("conn", "1 KiB, 1 msg per connection, 20 sessions", KIB, 20, 1, messages=2000),
@@ -186,10 +189,21 @@ def tool(name: str) -> str | None:
     return None
 
 
+def node_modules() -> Path:
+    """Where ``node_sink.js`` finds ``smtp-server``: ``$NODE_MODULES``, else ``benchmarks/.node/node_modules``."""
+    return Path(os.environ.get("NODE_MODULES", HERE / ".node" / "node_modules"))
+
+
 def available(server: Server) -> str | None:
     """None if ``server`` can run here, else why not."""
     if server.kind == "smtp-sink":
         return None if tool("smtp-sink") else "smtp-sink not installed (Debian package postfix)"
+    if server.kind == "node":
+        if not tool("node"):
+            return "node not installed"
+        if not (node_modules() / "smtp-server" / "package.json").is_file():
+            return f"smtp-server not installed in {node_modules()} (see benchmarks/README.md)"
+        return None
     modules = {
         "asyncio": "smtpproto_adapters.asyncio",
         "blocking": "smtpproto_adapters.blocking",
@@ -251,6 +265,7 @@ class ServerProcess:
         prefix = ["taskset", "-c", "0"] if pinned else []
         self.threads = server.kind == "blocking"
         self.log = tempfile.TemporaryFile()  # noqa: SIM115  # closed by stop()
+        env = None
         if server.kind == "smtp-sink":
             self.port = free_port()
             user = ["-u", "nobody"] if os.geteuid() == 0 else []
@@ -259,12 +274,19 @@ class ServerProcess:
             lmtp_flag = ["-L"] if lmtp else []
             command = [*prefix, sink, *user, *lmtp_flag, f"{HOST}:{self.port}", "1024"]
         else:
-            command = [*prefix, PYTHON, str(HERE / "servers.py"), server.kind]
-            command += ["--loop", "uvloop"] * server.uvloop + ["--lmtp"] * lmtp
+            if server.kind == "node":
+                node = tool("node")
+                assert node is not None
+                command = [*prefix, node, str(HERE / "node_sink.js")]
+                env = {**os.environ, "NODE_PATH": str(node_modules())}
+            else:
+                command = [*prefix, PYTHON, str(HERE / "servers.py"), server.kind]
+                command += ["--loop", "uvloop"] * server.uvloop
+            command += ["--lmtp"] * lmtp
             if tls is not None:
                 command += ["--cert", tls[0], "--key", tls[1]]
         self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL
+            command, stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL, env=env
         )
         self.pid = self.proc.pid
         try:
@@ -696,7 +718,7 @@ def render(results: Results, servers: list[Server], workloads: list[Workload], r
 
 
 def goals(results: Results, workloads: list[Workload]) -> list[str]:
-    """The goals of issue 6, as ratios from this run."""
+    """The performance goals, as ratios from this run."""
 
     def rate(key: str, name: str) -> float | None:
         samples = results.samples.get(key, {}).get(name)
@@ -710,6 +732,13 @@ def goals(results: Results, workloads: list[Workload]) -> list[str]:
             met = "met" if ours / base >= target else "not met"
             lines.append(
                 f"* {key}: asyncio / aiosmtpd = {ours / base:.2f} (goal ≥ {target:g}: {met})"
+            )
+    for key in ("conn", "k100", "pipe", "lmtp", "tls", "pin"):
+        ours, node = rate(key, OURS), rate(key, NODE)
+        if key in keys and ours and node:
+            met = "met" if ours >= node else "not met"
+            lines.append(
+                f"* {key}: asyncio / Node smtp-server = {ours / node:.2f} (goal ≥ 1: {met})"
             )
     memory = results.memory.get(OURS)
     if memory:
@@ -731,7 +760,7 @@ def goals(results: Results, workloads: list[Workload]) -> list[str]:
             lines.append(
                 f"* {other}: at worst {worst:.2f}× slower than asyncio, on {key} (goal ≤ 2: {met})"
             )
-    return ["### Goals (issue 6), from this run", "", *lines, ""] if lines else []
+    return ["### Goals, from this run", "", *lines, ""] if lines else []
 
 
 # -- main -----------------------------------------------------------------------------------------------

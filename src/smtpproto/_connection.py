@@ -126,11 +126,45 @@ def _no_nonce() -> str:  # pragma: no cover - ServerConfig refuses CRAM-MD5 with
     raise RuntimeError("CRAM-MD5 needs ServerConfig.nonce_factory")
 
 
-#: Per ServerConfig (by identity; the config is kept in the entry so that its id stays unique): the
-#: extensions before TLS, the verb table, the disabled privacy commands and the greeting. Never mutated.
-_PER_CONFIG: dict[
-    int, tuple[ServerConfig, Extensions, dict[str, Command], frozenset[Command], Reply]
-] = {}
+class _ConfigTables:
+    """What depends on a ServerConfig alone, worked out once per config rather than once per connection:
+    the extensions before TLS, the verb table, the disabled privacy commands, and the constant replies
+    every session sends (greeting, HELO, QUIT; EHLO per combination of the flags it depends on, filled in
+    as sessions first need them)."""
+
+    __slots__ = (
+        "config",
+        "ehlo",
+        "extensions",
+        "greeting",
+        "helo",
+        "privacy_disabled",
+        "quit",
+        "verbs",
+    )
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        extensions: Extensions,
+        verbs: dict[str, Command],
+        privacy_disabled: frozenset[Command],
+        greeting: Reply,
+    ) -> None:
+        self.config = config  # kept so that id(config) stays unique while the entry exists
+        self.extensions = extensions
+        self.verbs = verbs
+        self.privacy_disabled = privacy_disabled
+        self.greeting = greeting
+        # RFC 5321 §3.2: never the extension list to HELO; RFC 2034 §4: no enhanced code on HELO/EHLO.
+        self.helo = Reply(250, f"{config.hostname} Nice to meet you")
+        self.quit = Reply(221, f"{config.hostname} Service closing transmission channel", "2.0.0")
+        #: EHLO/LHLO replies by (secure, authenticated, XCLIENT done).
+        self.ehlo: dict[tuple[bool, bool, bool], Reply] = {}
+
+
+#: _ConfigTables by id(ServerConfig); bounded, since a server may derive a config per client.
+_PER_CONFIG: dict[int, _ConfigTables] = {}
 _PER_CONFIG_MAX = 256
 
 
@@ -159,13 +193,18 @@ class ServerConnection:
         self._tls_pending = False
         self._reject_bare = cfg.line_endings is LineEndings.REJECT
         # What depends on the config alone is worked out once per config, not once per connection.
-        shared = _PER_CONFIG.get(id(cfg))
-        if shared is None or shared[0] is not cfg:
-            shared = (cfg, self._make_extensions(), *self._verbs_for_config(), self._greeting())
+        tables = _PER_CONFIG.get(id(cfg))
+        if tables is None or tables.config is not cfg:
+            tables = _ConfigTables(
+                cfg, self._make_extensions(), *self._verbs_for_config(), self._greeting()
+            )
             if len(_PER_CONFIG) >= _PER_CONFIG_MAX:
                 _PER_CONFIG.clear()
-            _PER_CONFIG[id(cfg)] = shared
-        _, self._extensions, self._verbs, self._privacy_disabled, greeting = shared
+            _PER_CONFIG[id(cfg)] = tables
+        self._tables = tables
+        self._extensions = tables.extensions
+        self._verbs = tables.verbs
+        self._privacy_disabled = tables.privacy_disabled
         self._reader: Callable[[], _ReadResult] = (
             self._read_proxy if cfg.use_proxy else self._read_command
         )
@@ -196,7 +235,7 @@ class ServerConnection:
         self._data_finished = False
 
         if not cfg.use_proxy:  # behind a proxy the greeting waits for the PROXY header
-            self._queue(greeting)
+            self._queue(tables.greeting)
 
     def _verbs_for_config(self) -> tuple[dict[str, Command], frozenset[Command]]:
         """The verbs a session knows (looked up by the verb's text on every command line), and the privacy
@@ -564,18 +603,19 @@ class ServerConnection:
         if len(hostname) > 255 or _HOSTNAME_BAD_RE.search(hostname):
             return self._error(Reply(501, "Bad hostname syntax", "5.5.4"))
         self._end_transaction(_S.READY)
-        greeting = f"{self.config.hostname} Nice to meet you"
+        tables = self._tables
         if command == "HELO":
-            # RFC 5321 §3.2: never the extension list to HELO; RFC 2034 §4: no enhanced code here.
-            self._out.append(Reply(250, greeting).to_bytes())
+            reply = tables.helo
         else:
-            caps = capabilities(
-                self.config,
-                secure=self._secure,
-                authenticated=self._user is not None,
-                xclient_done=self._xclient_addr,
-            )
-            self._out.append(Reply(250, (greeting, *caps)).to_bytes())
+            flags = (self._secure, self._user is not None, self._xclient_addr)
+            cached = tables.ehlo.get(flags)
+            if cached is None:
+                caps = capabilities(
+                    self.config, secure=flags[0], authenticated=flags[1], xclient_done=flags[2]
+                )
+                cached = tables.ehlo[flags] = Reply(250, (tables.helo.lines[0], *caps))
+            reply = cached
+        self._out.append(reply.to_bytes())  # no enhanced code on HELO/EHLO (RFC 2034 §4)
         return Hello(command=command, hostname=hostname)
 
     def _helo(self, argument: str, after: SessionState) -> _ReadResult:
@@ -631,9 +671,7 @@ class ServerConnection:
     def _quit(self, argument: str, after: SessionState) -> _ReadResult:
         if error := self._no_argument(argument, "QUIT"):
             return self._error(error)
-        self._queue(
-            Reply(221, f"{self.config.hostname} Service closing transmission channel", "2.0.0")
-        )
+        self._queue(self._tables.quit)
         self._aborted = self._state in _TRANSACTION_STATES
         self._state = _S.CLOSED
         return Quit()

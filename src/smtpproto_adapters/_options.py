@@ -7,6 +7,7 @@ with the driver. Limits left at ``None`` take the core's default, so the default
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 import os
@@ -255,11 +256,22 @@ def for_peer(
     if not lists:
         return config
     trusted = {name: peer_trusted(getattr(options, name), address) for name in lists}
-    return dataclasses.replace(
+    return _with_trust(
         config,
-        use_proxy=trusted.get("use_proxy", config.use_proxy),
-        use_xclient=trusted.get("use_xclient", config.use_xclient),
-        use_xforward=trusted.get("use_xforward", config.use_xforward),
+        trusted.get("use_proxy", config.use_proxy),
+        trusted.get("use_xclient", config.use_xclient),
+        trusted.get("use_xforward", config.use_xforward),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _with_trust(
+    config: smtpproto.ServerConfig, use_proxy: bool, use_xclient: bool, use_xforward: bool
+) -> smtpproto.ServerConfig:
+    # One config object per combination of trust decisions (at most eight per server), not one per
+    # connection: the core works out its tables once per config object.
+    return dataclasses.replace(
+        config, use_proxy=use_proxy, use_xclient=use_xclient, use_xforward=use_xforward
     )
 
 

@@ -520,6 +520,8 @@ class ServerConnection:
     # -- command mode -------------------------------------------------------------------------------------
 
     def _read_command(self) -> _ReadResult:
+        if not self._buffer.data:
+            return None  # the common case after each command: everything is consumed
         line_end = self._line_end
         line = self._buffer.take_line(line_end)
         limit = self.config.max_command_line

@@ -21,7 +21,14 @@ from typing import Any
 
 import smtpproto
 
-__all__ = ["ServerOptions", "default_hostname", "for_peer", "peer_trusted", "to_config"]
+__all__ = [
+    "ServerOptions",
+    "default_hostname",
+    "for_peer",
+    "has_trust_lists",
+    "peer_trusted",
+    "to_config",
+]
 
 TrustList = bool | Collection[str]
 
@@ -250,9 +257,7 @@ def for_peer(
     config: smtpproto.ServerConfig, options: ServerOptions, address: str
 ) -> smtpproto.ServerConfig:
     """``config`` with the proxy trust switches decided for the peer at ``address``."""
-    lists = [
-        n for n in ("use_proxy", "use_xclient", "use_xforward") if _is_list(getattr(options, n))
-    ]
+    lists = [n for n in _TRUST_SWITCHES if _is_list(getattr(options, n))]
     if not lists:
         return config
     trusted = {name: peer_trusted(getattr(options, name), address) for name in lists}
@@ -273,6 +278,14 @@ def _with_trust(
     return dataclasses.replace(
         config, use_proxy=use_proxy, use_xclient=use_xclient, use_xforward=use_xforward
     )
+
+
+def has_trust_lists(options: ServerOptions) -> bool:
+    """Whether any proxy trust switch is a list, to be decided per peer by :func:`for_peer`."""
+    return any(_is_list(getattr(options, name)) for name in _TRUST_SWITCHES)
+
+
+_TRUST_SWITCHES = ("use_proxy", "use_xclient", "use_xforward")
 
 
 def _is_list(trust: TrustList) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import smtpproto
 
 from ._hooks import HookSet
-from ._options import ServerOptions, for_peer, to_config
+from ._options import ServerOptions, for_peer, has_trust_lists, to_config
 from ._tls import TLSSetup
 
 __all__ = ["ServerState", "Statistics", "build_options"]
@@ -68,6 +68,7 @@ class ServerState:
             tls_available=self.tls is not None,
             auth=self.hooks.on_auth is not None,
         )
+        self._trust_lists = has_trust_lists(options)
         #: Set by close(): no new sessions are admitted.
         self.closing = False
         self._lock = threading.Lock()
@@ -83,6 +84,8 @@ class ServerState:
 
     def config_for(self, remote_address: str) -> smtpproto.ServerConfig:
         """The core config for a client at ``remote_address`` (trust lists decided for that peer)."""
+        if not self._trust_lists:
+            return self.config
         return for_peer(self.config, self.options, remote_address)
 
     def admit(self) -> bool:

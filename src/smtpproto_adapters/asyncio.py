@@ -394,11 +394,18 @@ class _Connection(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is None:
             return
+        # An open plaintext transport with nothing left to write reports the loss on the next loop turn.
+        prompt = (
+            not self._tls and not transport.is_closing() and transport.get_write_buffer_size() == 0
+        )
         if not transport.is_closing():
             transport.close()
-        # A client that never reads cannot keep a closing connection around.
         if self._lost.done():
             return
+        if prompt:
+            await self._lost
+            return
+        # A client that never reads cannot keep a closing connection around.
         grace = min(self._server.options.socket_timeout, 5.0)
         handle = self._loop.call_later(grace, transport.abort)  # abort() ends in connection_lost
         try:

@@ -19,7 +19,7 @@ import smtpproto_adapters
 from smtpproto_adapters import ServerOptions
 from smtpproto_adapters._hooks import HookSet, outcome_of
 from smtpproto_adapters._logging import CommandLog, SessionLogger
-from smtpproto_adapters._options import for_peer, peer_trusted, to_config
+from smtpproto_adapters._options import for_peer, has_trust_lists, peer_trusted, to_config
 from smtpproto_adapters._transport import SendGuard, drive
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,6 +157,17 @@ def test_trust_lists_are_decided_per_peer() -> None:
     assert for_peer(config, options, "10.0.0.2").use_xclient is False
     assert for_peer(config, options, "10.0.0.2").use_xforward is True
     assert peer_trusted(False, "10.0.0.1") is False
+
+
+def test_peers_with_the_same_trust_share_one_config() -> None:
+    """The core builds its tables once per config object, so equal decisions must not mean a new object."""
+    options = ServerOptions(use_xclient=["10.0.0.1", "10.9.9.9"])
+    config = to_config(options, secure=False, tls_available=False)
+    assert for_peer(config, options, "10.0.0.1") is for_peer(config, options, "10.9.9.9")
+    assert for_peer(config, options, "192.0.2.1") is for_peer(config, options, "192.0.2.2")
+    assert for_peer(config, options, "10.0.0.1") is not for_peer(config, options, "192.0.2.1")
+    assert has_trust_lists(options) is True
+    assert has_trust_lists(ServerOptions(use_xclient=True)) is False
 
 
 @pytest.mark.parametrize(

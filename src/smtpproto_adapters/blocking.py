@@ -2,7 +2,8 @@
 
 The shared async pump runs synchronously here (see ``smtpproto_adapters._transport.drive``): the
 transport below and the hook runner are ``async def`` functions that never suspend. Hooks are plain
-functions and run in the connection's thread.
+functions and run in the connection's thread. That thread is kept for a later connection once this one
+ends (see :mod:`smtpproto_adapters._blocking_pool`), so ``threading.local`` data can outlive a session.
 
 Usage::
 
@@ -18,11 +19,14 @@ import contextlib
 import selectors
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 from types import TracebackType
 from typing import Any, Self
 
+from ._blocking_pool import ThreadPool
 from ._hooks import Hook
 from ._options import ServerOptions
 from ._pump import run_session
@@ -35,6 +39,12 @@ __all__ = ["SMTPServer"]
 
 #: After close_timeout and the 421, how long sessions still inside a hook get before their sockets are shut.
 _HOOK_GRACE = 5.0
+
+#: Plain sockets wait in recv() itself, bounded by SO_RCVTIMEO/SO_SNDTIMEO, and shutdown(SHUT_RD) wakes an
+#: idle one at close. Each wait is then one syscall (one release of the GIL) instead of three: a selector,
+#: the poll() of a socket timeout, the recv(). Linux only: elsewhere the kernel's timeout options and
+#: shutdown wake-ups differ, so sockets wait in a selector with the server's wake-up socket, as TLS ones do.
+_WAIT_IN_RECV = sys.platform.startswith("linux")
 
 
 class _Wakeup:
@@ -83,7 +93,11 @@ class SMTPServer:
         )
         self._listeners: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._threads: dict[threading.Thread, _SocketTransport] = {}
+        #: Notified (under _lock) each time a session ends.
+        self._session_ended = threading.Condition(self._lock)
+        #: Open sessions, and the thread serving each (None until a thread took it).
+        self._sessions: dict[_SocketTransport, threading.Thread | None] = {}
+        self._pool: ThreadPool[_SocketTransport] = ThreadPool(self._serve, "smtpproto-session")
         self._stop_accepting = _Wakeup()
         self._kill = _Wakeup()
         self._closed = threading.Event()
@@ -153,27 +167,37 @@ class SMTPServer:
 
     def _accept(self, listener: socket.socket) -> None:
         try:
-            sock, _ = listener.accept()
+            sock, peer = listener.accept()
         except (BlockingIOError, InterruptedError):
             return  # another thread or a reset connection got there first
         except OSError as exc:  # e.g. EMFILE: log and keep serving
             self._state.logger.error("accept failed: %s", exc)
             time.sleep(0.05)
             return
-        sock.setblocking(True)
+        if sock.gettimeout() is not None:  # only with a socket.setdefaulttimeout()
+            sock.setblocking(True)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport = _SocketTransport(sock, self)
-        thread = threading.Thread(target=self._serve, args=(transport,), daemon=True)
+        try:
+            transport = _SocketTransport(sock, peer, self)
+        except OSError as exc:  # the client is already gone
+            self._state.logger.info("connection lost before it started: %s", exc)
+            sock.close()
+            return
         with self._lock:
-            self._threads[thread] = transport
-        thread.start()
+            self._sessions[transport] = None
+            if self._kill.flag.is_set():
+                transport.wake()
+        self._pool.submit(transport)
 
     def _serve(self, transport: _SocketTransport) -> None:
+        with self._lock:
+            self._sessions[transport] = threading.current_thread()
         try:
             drive(run_session(self._state, transport, self._runner))
         finally:
             with self._lock:
-                self._threads.pop(threading.current_thread(), None)
+                del self._sessions[transport]
+                self._session_ended.notify_all()
 
     def close(self) -> None:
         """Stop accepting, let sessions finish for ``close_timeout``, then send them 421 and close.
@@ -191,12 +215,18 @@ class SMTPServer:
         if not serving:
             self._close_listeners()
         self._join(self._state.options.close_timeout)
-        self._kill.set()  # idle sessions get their 421 4.3.2 now
+        # Idle sessions get their 421 4.3.2 now: the flag (and the wake-up socket, for the sessions that wait
+        # in a selector) first, then the sessions waiting in recv() are woken.
+        self._kill.set()
+        with self._lock:
+            for transport in self._sessions:
+                transport.wake()
         self._join(_HOOK_GRACE)
         with self._lock:
-            stuck = list(self._threads.values())
+            stuck = list(self._sessions)
         for transport in stuck:
             transport.abort()
+        self._pool.close()
         self._resolver.shutdown(wait=False, cancel_futures=True)
         if serving:
             # Closing the wake-up socket before the accept loop saw it would swallow the wake-up.
@@ -207,13 +237,12 @@ class SMTPServer:
         self._state.logger.info("server closed")
 
     def _join(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                threads = [t for t in self._threads if t is not threading.current_thread()]
-            if not threads or time.monotonic() >= deadline:
-                return
-            threads[0].join(max(0.0, deadline - time.monotonic()))
+        """Wait up to ``timeout`` for every session to end (but the caller's own, if a hook called close())."""
+        me = threading.current_thread()
+        with self._lock:
+            self._session_ended.wait_for(
+                lambda: all(thread is me for thread in self._sessions.values()), timeout
+            )
 
     def _close_listeners(self) -> None:
         for listener in self._listeners:
@@ -253,35 +282,84 @@ class _Runner:
 
 
 class _SocketTransport:
-    """The pump's Transport over a blocking socket (an SSLSocket after STARTTLS)."""
+    """The pump's Transport over a blocking socket (an SSLSocket after STARTTLS).
 
-    def __init__(self, sock: socket.socket, server: SMTPServer) -> None:
+    A plain socket on Linux stays in blocking mode with the kernel's SO_RCVTIMEO/SO_SNDTIMEO as its
+    timeouts: a receive is a single recv() that the idle timeout ends with EAGAIN and the server's close
+    ends with EOF (see :meth:`wake`). A TLS socket (and any socket elsewhere) waits in a selector on the
+    socket and the server's wake-up socket, then reads under a socket timeout.
+    """
+
+    def __init__(self, sock: socket.socket, peer: Any, server: SMTPServer) -> None:
         self._sock = sock
         self._server = server
         self._kill = server._kill
         self._guard = SendGuard()
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(sock, selectors.EVENT_READ)
-        self._selector.register(self._kill.fileobj(), selectors.EVENT_READ)
-        self.remote_address, self.remote_port = _address(sock.getpeername())
+        self.remote_address, self.remote_port = _address(peer)
         self.local_address, self.local_port = _address(sock.getsockname())
-        self._sock_timeout: float | None = server.options.socket_timeout
-        sock.settimeout(self._sock_timeout)  # also bounds a send to a client that never reads
+        self._send_timeout = server.options.socket_timeout
+        #: Serialises wake() with start_tls() and aclose(): never shut down a socket that was closed (its
+        #: descriptor may belong to a new connection by then) or one in a TLS handshake.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._selector: selectors.BaseSelector | None = None
+        #: What SO_RCVTIMEO is, while the socket waits in recv().
+        self._recv_timeout: float | None = None
+        #: The socket's own (Python) timeout, while it waits in a selector.
+        self._sock_timeout: float | None = None
+        if _WAIT_IN_RECV:
+            try:
+                self._set_recv_timeout(self._send_timeout)
+                timeval = _timeval(self._send_timeout)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+            except OSError:  # a struct timeval this build does not take (EINVAL): no harm done
+                self._recv_timeout = None
+                self._wait_in_selector()
+        else:
+            self._wait_in_selector()
+
+    def _wait_in_selector(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self._sock, selectors.EVENT_READ)
+        selector.register(self._kill.fileobj(), selectors.EVENT_READ)
+        self._selector = selector
+        # The socket's own timeout bounds a send to a client that never reads (and leaves blocking mode).
+        self._set_sock_timeout(self._send_timeout)
+
+    def _set_recv_timeout(self, timeout: float | None) -> None:
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
+        self._recv_timeout = timeout
+
+    def _set_sock_timeout(self, timeout: float | None) -> None:
+        if timeout != self._sock_timeout:
+            self._sock.settimeout(timeout)
+            self._sock_timeout = timeout
 
     async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
-        if self._kill.flag.is_set():
+        kill = self._kill.flag
+        if kill.is_set():
             raise ShutdownRequested
         sock = self._sock
+        if self._selector is None:
+            if timeout != self._recv_timeout:
+                self._set_recv_timeout(timeout)
+            try:
+                data = sock.recv(max_bytes)
+            except BlockingIOError:  # SO_RCVTIMEO ran out
+                if kill.is_set():
+                    raise ShutdownRequested from None
+                raise TimeoutError from None
+            if kill.is_set():  # wake() ends the recv() with EOF
+                raise ShutdownRequested
+            return data
         if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
             # Wait for data, the idle timeout, or the server's shutdown signal, whichever comes first.
             ready = self._selector.select(timeout)
-            if self._kill.flag.is_set():
+            if kill.is_set():
                 raise ShutdownRequested
             if not ready:
                 raise TimeoutError
-        if timeout != self._sock_timeout:  # an incomplete TLS record must not block forever either
-            sock.settimeout(timeout)
-            self._sock_timeout = timeout
+        self._set_sock_timeout(timeout)  # an incomplete TLS record must not block forever either
         return sock.recv(max_bytes)
 
     async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
@@ -291,13 +369,15 @@ class _SocketTransport:
 
     async def send(self, data: bytes) -> None:
         with self._guard:
-            timeout = self._server.options.socket_timeout
-            if timeout != self._sock_timeout:
-                self._sock.settimeout(timeout)
-                self._sock_timeout = timeout
+            if self._selector is not None:  # else SO_SNDTIMEO bounds it
+                self._set_sock_timeout(self._send_timeout)
             self._sock.sendall(data)
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float | None) -> TLSInfo:
+        with self._lock:  # from here on wake() leaves the socket alone: the selector wakes it
+            if self._selector is None:
+                self._wait_in_selector()
+        assert self._selector is not None
         self._selector.unregister(self._sock)
         tls_sock = context.wrap_socket(self._sock, server_side=True, do_handshake_on_connect=False)
         self._sock = tls_sock  # from here on aclose() closes the TLS socket
@@ -309,7 +389,10 @@ class _SocketTransport:
         return tls_info(tls_sock, tls.servername(tls_sock) if tls else None)
 
     async def aclose(self) -> None:
-        self._selector.close()
+        with self._lock:
+            self._closed = True
+        if self._selector is not None:
+            self._selector.close()
         if isinstance(self._sock, ssl.SSLSocket):
             # Send our close_notify, but do not wait for the client's.
             with contextlib.suppress(OSError, ValueError):
@@ -317,10 +400,28 @@ class _SocketTransport:
                 self._sock.unwrap()
         self._sock.close()
 
+    def wake(self) -> None:
+        """End a wait in recv() with EOF, once the server's kill flag is set (from close())."""
+        with self._lock:
+            if self._selector is None and not self._closed:
+                # Only the read side: the 421 still goes out.
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RD)
+
     def abort(self) -> None:
         """Unblock a stuck thread (from close()): shut the socket down under it."""
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+        with self._lock, contextlib.suppress(OSError):
+            if not self._closed:
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+
+def _timeval(timeout: float | None) -> bytes:
+    """``timeout`` as the struct timeval of SO_RCVTIMEO/SO_SNDTIMEO (zero: no timeout)."""
+    if timeout is None:
+        return struct.pack("@ll", 0, 0)
+    seconds = int(timeout)
+    micros = max(int((timeout - seconds) * 1_000_000), 0 if seconds else 1)
+    return struct.pack("@ll", seconds, micros)
 
 
 def _address(sockaddr: Any) -> tuple[str, int]:

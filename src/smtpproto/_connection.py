@@ -420,13 +420,25 @@ class ServerConnection:
         """
         if self._state is _S.CLOSED:
             return
+        if self._tls_pending:
+            # The 220 to STARTTLS is the last reply queued. Still here, it is replaced by the 421; once
+            # taken, the client speaks TLS, and a plaintext reply would only garble its handshake: the
+            # session ends without one.
+            if self._out:
+                self._out.pop()
+                self._queue(reply or self._shutdown_reply())
+            self._tls_pending = False
+            self._close()
+            return
         if not self._flushed and len(self._out) == 1:
             # Nothing was sent yet, not even the greeting: the 421 takes its place (too busy at
             # connect, RFC 5321 §3.8; CONFORMANCE CORE-03).
             self._out.clear()
-        self._queue(reply or Reply(421, f"{self.config.hostname} Service shutting down", "4.3.2"))
-        self._tls_pending = False
+        self._queue(reply or self._shutdown_reply())
         self._close()
+
+    def _shutdown_reply(self) -> Reply:
+        return Reply(421, f"{self.config.hostname} Service shutting down", "4.3.2")
 
     # -- output -------------------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from smtpproto import (
     ServerConfig,
     ServerConnection,
     SessionState,
+    StartTLS,
     Verify,
 )
 
@@ -301,6 +302,38 @@ def test_shutdown_after_early_talk_keeps_the_greeting() -> None:
     assert conn.data_to_send() == (
         GREETING + b"250 2.0.0 OK\r\n421 4.3.2 localhost Service shutting down\r\n"
     )
+
+
+def starttls_pending() -> ServerConnection:
+    """A session that has just produced StartTLS, its 220 queued and not yet taken."""
+    conn = ServerConnection(ServerConfig(tls_available=True))
+    conn.receive_data(b"EHLO c.test\r\n")
+    assert isinstance(conn.next_event(), Hello)
+    assert conn.next_event() is NEED_DATA
+    conn.data_to_send()
+    conn.receive_data(b"STARTTLS\r\n")
+    assert isinstance(conn.next_event(), StartTLS)
+    assert conn.next_event() is PAUSED
+    return conn
+
+
+def test_shutdown_before_the_starttls_220_went_out_replaces_it() -> None:
+    conn = starttls_pending()
+    conn.shutdown()
+    out = conn.data_to_send()
+    assert b"220 2.0.0" not in out
+    assert statuses(out)[-1] == "421 4.3.2"
+    assert conn.next_event() == ConnectionClosed(transaction_aborted=False)
+
+
+def test_shutdown_after_the_starttls_220_went_out_sends_nothing_in_plaintext() -> None:
+    conn = starttls_pending()
+    assert statuses(conn.data_to_send())[-1] == "220 2.0.0"
+    conn.shutdown(Reply(421, "idle", "4.4.2"))
+    assert conn.data_to_send() == b""  # the client is in its TLS handshake by now
+    assert conn.next_event() == ConnectionClosed(transaction_aborted=False)
+    with pytest.raises(LocalProtocolError):
+        conn.tls_established()
 
 
 # -- limits ------------------------------------------------------------------------------------------------

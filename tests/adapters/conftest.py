@@ -420,3 +420,20 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     cert, key = make_certificate(directory, "localhost")
     sni_cert, sni_key = make_certificate(directory, "sni.test")
     return Certificates(cert, key, sni_cert, sni_key)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_blocking_calls_in_event_loops() -> Iterator[None]:
+    """Any blocking call that smtpproto makes inside a running asyncio loop raises (blockbuster).
+
+    It covers the asyncio backend and the anyio backend on asyncio; blockbuster cannot see a trio loop, and the
+    blocking backend runs no loop. A session whose code blocks ends with the error logged and no reply, so
+    the test fails on the reply it waits for.
+    """
+    from blockbuster import blockbuster_ctx
+
+    with blockbuster_ctx(["smtpproto", "smtpproto_adapters"]) as buster:
+        # Building a server may read certificate files or generate a self-signed one: once, at start-up.
+        for function in buster.functions.values():
+            function.can_block_in("smtpproto_adapters/_tls.py", "from_options")
+        yield

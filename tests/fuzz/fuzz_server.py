@@ -11,16 +11,26 @@ drawn below:
 
 Run: ``.venv/bin/python tests/fuzz/fuzz_server.py -runs=1000000`` (atheris/libFuzzer options apply; a
 directory argument keeps a corpus). ``tests/fuzz/test_fuzz_smoke.py`` runs it briefly in the test suite.
+``--unguided COUNT SEED`` instead feeds the same invariant COUNT seeded inputs spliced from the dictionary
+(:func:`random_inputs`), without coverage guidance: that also runs where atheris cannot be installed (it is
+built for x86_64 and CPython < 3.13).
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
 import re
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
-import atheris
+try:
+    import atheris
+except ImportError:  # no coverage guidance here: random_inputs() is the fallback
+    atheris = None
 
-with atheris.instrument_imports():
+with atheris.instrument_imports() if atheris else contextlib.nullcontext():
     import smtpproto
     from smtpproto import (
         NEED_DATA,
@@ -107,7 +117,44 @@ def test_one_input(data: bytes) -> None:
     _check_output(b"".join(output))
 
 
+def dictionary_tokens(path: Path) -> list[bytes]:
+    """The quoted tokens of a libFuzzer dictionary file (``"..."`` with ``\\xNN`` escapes)."""
+    tokens = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith('"') and line.endswith('"') and len(line) >= 2:
+            tokens.append(line[1:-1].encode("latin-1").decode("unicode_escape").encode("latin-1"))
+    return tokens
+
+
+def random_inputs(tokens: list[bytes], count: int, seed: int) -> Iterator[bytes]:
+    """``count`` reproducible inputs: dictionary tokens and random bytes spliced together, then mutated."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        parts = [bytes([rng.randrange(256)])]  # the configuration and split byte
+        for _ in range(rng.randrange(1, 24)):
+            if rng.random() < 0.8:
+                parts.append(rng.choice(tokens))
+            else:
+                parts.append(rng.randbytes(rng.randrange(1, 16)))
+        data = bytearray(b"".join(parts))
+        for _ in range(rng.randrange(3)):  # a few point mutations
+            if len(data) > 1:
+                data[rng.randrange(1, len(data))] = rng.randrange(256)
+        yield bytes(data)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--unguided"]:
+        # ``--unguided COUNT SEED``: no atheris needed.
+        count, seed = int(sys.argv[2]), int(sys.argv[3])
+        tokens = dictionary_tokens(Path(__file__).with_name("smtp.dict"))
+        for data in random_inputs(tokens, count, seed):
+            test_one_input(data)
+        print(f"Done {count} unguided runs", file=sys.stderr)
+        return
+    if atheris is None:
+        raise SystemExit("atheris is not installed: run with --unguided COUNT SEED instead")
     atheris.Setup(sys.argv, test_one_input)
     atheris.Fuzz()
 

@@ -10,14 +10,17 @@ Usage::
     anyio.run(main)                     # or anyio.run(main, backend="trio")
 
 Listeners come from ``anyio.create_tcp_listener``, sessions run in a task group owned by
-:meth:`SMTPServer.serve_forever`, and STARTTLS and implicit TLS use ``anyio.streams.tls.TLSStream``. As with
-trio, :meth:`SMTPServer.listen` binds the sockets and ``serve_forever`` does the accepting;
-:meth:`SMTPServer.close` (from another task) winds the sessions down gracefully, while cancelling
-``serve_forever`` tears them down at once.
+:meth:`SMTPServer.serve_forever`, and STARTTLS and implicit TLS use ``anyio.streams.tls.TLSStream``. Under
+trio a connection is anyio's socket stream; under asyncio it is an asyncio protocol of our own
+(:mod:`smtpproto_adapters._anyio_asyncio`), which spares every receive anyio's re-registration of the
+socket with the selector. As with trio, :meth:`SMTPServer.listen` binds the sockets and ``serve_forever``
+does the accepting; :meth:`SMTPServer.close` (from another task) winds the sessions down gracefully, while
+cancelling ``serve_forever`` tears them down at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -31,9 +34,10 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from ._anyio_asyncio import ProtocolConnection, accepted
 from ._hooks import Hook
 from ._options import ServerOptions
-from ._pump import run_session
+from ._pump import READ_SIZE, run_session
 from ._server import ServerState, Statistics, build_options
 from ._session import TLSInfo
 from ._stream import AsyncStream, MessageSource
@@ -63,7 +67,9 @@ class SMTPServer:
             handler, build_options(options, option_overrides), asynchronous=True
         )
         self._listeners: list[SocketListener] = []
-        self._connections: set[_Connection] = set()
+        self._connections: set[_Connection | ProtocolConnection] = set()
+        #: Where every connection on asyncio reads to (see ProtocolConnection.get_buffer); made on first use.
+        self._read_buffer: memoryview | None = None
         # anyio events belong to a running backend, so they are made on first use (see _events()).
         self._idle: anyio.Event | None = None  # set whenever no session is running
         self._close_requested: anyio.Event | None = None
@@ -190,6 +196,12 @@ class SMTPServer:
     # -- inside serve_forever ---------------------------------------------------------------------------
 
     async def _accept_loop(self, listener: SocketListener) -> None:
+        sock = listener.extra(SocketAttribute.raw_socket)
+        if anyio.get_cancelled_exc_class() is asyncio.CancelledError and isinstance(
+            sock, socket.socket
+        ):
+            await self._accept_protocols(listener, sock)
+            return
         async with listener:
             while True:
                 try:
@@ -203,6 +215,43 @@ class SMTPServer:
                     continue
                 assert self._sessions is not None
                 self._sessions.start_soon(self._handle, stream)
+
+    async def _accept_protocols(self, listener: SocketListener, sock: socket.socket) -> None:
+        """The accept loop on asyncio: each connection gets a ProtocolConnection instead of anyio's stream."""
+        loop = asyncio.get_running_loop()
+        async with listener:
+            while True:
+                # Every waiting connection is taken before the loop waits again, as asyncio's servers do.
+                try:
+                    try:
+                        client, _ = sock.accept()
+                    except BlockingIOError:
+                        client, _ = await loop.sock_accept(sock)
+                except OSError as exc:
+                    if sock.fileno() < 0:  # the listener is closed
+                        return
+                    # e.g. EMFILE: keep serving the sessions we have and retry, instead of dying.
+                    self._state.logger.error("accept failed: %s", exc)
+                    await anyio.sleep(_ACCEPT_RETRY)
+                    continue
+                assert self._sessions is not None
+                self._sessions.start_soon(self._handle_socket, client)
+
+    async def _handle_socket(self, sock: socket.socket) -> None:
+        addresses = accepted(sock)
+        if addresses is None:  # reset before we got to it
+            sock.close()
+            return
+        if self._read_buffer is None:
+            self._read_buffer = memoryview(bytearray(READ_SIZE))
+        connection = ProtocolConnection(self._state, self._read_buffer, *addresses)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: connection, sock)
+        except OSError as exc:
+            self._state.logger.info("connection lost before it started: %s", exc)
+            sock.close()
+            return
+        await self._run(connection)
 
     async def _wind_down(self) -> None:
         await self._wait_idle(self._state.options.close_timeout)
@@ -229,7 +278,9 @@ class SMTPServer:
 
     async def _serve_stream(self, stream: ByteStream, remote: Any, local: Any) -> None:
         """Run one session over any anyio byte stream."""
-        connection = _Connection(stream, remote, local, self._state)
+        await self._run(_Connection(stream, remote, local, self._state))
+
+    async def _run(self, connection: _Connection | ProtocolConnection) -> None:
         if not self._connections:
             self._idle = anyio.Event()
         self._connections.add(connection)
@@ -279,6 +330,9 @@ class _Runner:
 
 class _Connection:
     """One connection: the pump's Transport over an anyio byte stream (a ``TLSStream`` after TLS starts).
+
+    Used under trio, and for any stream given to ``_serve_stream``; under asyncio the accept loop makes a
+    :class:`~smtpproto_adapters._anyio_asyncio.ProtocolConnection` instead.
 
     On a plain socket the timeouts cost no cancel scope per receive or send (anyio charges ~10-15 µs for
     each). A receive waits in the stream with no scope at all: a watchdog task per connection sleeps until
@@ -476,9 +530,9 @@ def _reason(exc: BaseException) -> str:
 def _plain_socket(stream: ByteStream) -> socket.socket | TransportSocket | None:
     """The kernel socket under a plain anyio socket stream, if it may be written and shut directly.
 
-    Under anyio's trio backend that is a ``socket.socket``; under asyncio it is the transport's
-    ``TransportSocket``, which still shuts down but may not send (its file descriptor does, through
-    ``os.write``). uvloop's stand-in, and anything else, gets scoped waits.
+    Under anyio's trio backend that is a ``socket.socket``; under asyncio (a stream given to
+    ``_serve_stream``) it is the transport's ``TransportSocket``, which still shuts down but may not send
+    (its file descriptor does, through ``os.write``). uvloop's stand-in, and anything else, gets scoped waits.
     """
     if os.name != "posix" or not isinstance(stream, SocketStream):
         return None

@@ -13,7 +13,6 @@ STARTTLS and implicit TLS go through ``anyio.streams.tls.TLSStream`` over this s
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import socket
 import ssl
@@ -23,15 +22,13 @@ import anyio
 from anyio.abc import ByteStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from ._asyncio_protocol import ReadQueue
 from ._server import ServerState
 from ._session import TLSInfo
 from ._transport import ShutdownRequested
 
 __all__ = ["ProtocolConnection", "address_of"]
 
-# Stop reading the socket while this much received data waits for the pump (TCP back-pressure).
-_HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
 #: The longest a closing connection may take to flush what it still has to send.
 _CLOSE_GRACE = 5.0
 
@@ -44,14 +41,10 @@ def address_of(address: Any) -> tuple[str, int]:
     return host, port
 
 
-class ProtocolConnection(asyncio.BufferedProtocol):
-    """One connection: the asyncio transport's protocol, and the pump's Transport.
+class ProtocolConnection(ReadQueue):
+    """One connection: the asyncio transport's protocol (see :class:`ReadQueue`), and the pump's Transport."""
 
-    The transport reads into ``read_buffer`` (shared by the server's connections: :meth:`buffer_updated` copies
-    what arrived out of it at once) and :meth:`receive` hands the pump each chunk as it came.
-    """
-
-    #: No watchdog task: the idle timeout is a loop timer (see _arm_timer).
+    #: No watchdog task: the idle timeout is a loop timer (see ReadQueue._arm_timer).
     watched = False
 
     def __init__(
@@ -61,28 +54,14 @@ class ProtocolConnection(asyncio.BufferedProtocol):
         remote: tuple[str, int],
         local: tuple[str, int],
     ) -> None:
+        super().__init__(read_buffer)
         self.remote_address, self.remote_port = remote
         self.local_address, self.local_port = local
         self._state = state
         self._timeout = state.options.socket_timeout
-        self._read_buffer = read_buffer
-        self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()  # received, not yet taken
-        self._queued = 0  # octets in _chunks
-        self._eof = False
-        self._error: BaseException | None = None
         self._lost = False
-        self._reading_paused = False
-        self._writing_paused = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._drained: asyncio.Future[None] | None = None
         self._closed_waiter: asyncio.Future[None] | None = None
         self._abort_handle: asyncio.TimerHandle | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timed: asyncio.Future[None] | None = None  # the wait that the timer times
-        self._wait_started = 0.0
-        self._wait_timeout = 0.0
         self._interrupted = False
         self._sending = False
         self._closed = False
@@ -99,17 +78,6 @@ class ProtocolConnection(asyncio.BufferedProtocol):
         # Not an isinstance check: uvloop's transports have the same methods but are no asyncio.Transport.
         self._transport = cast(asyncio.Transport, transport)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._read_buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._chunks.append(self._read_buffer[:nbytes].tobytes())
-        self._queued += nbytes
-        if self._queued >= _HIGH_WATER and not self._reading_paused and self._transport:
-            self._reading_paused = True
-            self._transport.pause_reading()
-        self._wake()
-
     def eof_received(self) -> bool:
         self._eof = True
         self._wake()
@@ -117,85 +85,14 @@ class ProtocolConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self._eof = True
-        self._error = exc
-        for handle in (self._timer, self._abort_handle):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._abort_handle = None
-        self._wake()
-        for future in (self._drained, self._closed_waiter):
-            if future is not None and not future.done():
-                future.set_result(None)
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+            self._abort_handle = None
+        self._connection_ended(exc)
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
 
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    def _wake(self, exc: BaseException | None = None) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            if exc is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(exc)
-
-    # -- waiting ----------------------------------------------------------------------------------------
-
-    async def _wait_readable(self, timeout: float | None) -> None:
-        """Wait until a chunk or the end of the stream is there (ends with TimeoutError/ShutdownRequested)."""
-        self._waiter = self._loop.create_future()
-        if timeout is not None:
-            self._arm_timer(timeout)
-        try:
-            await self._waiter
-        finally:
-            self._waiter = self._timed = None
-
-    def _arm_timer(self, timeout: float) -> None:
-        """Time out the wait that starts now after ``timeout`` seconds.
-
-        One timer per connection, not one per wait: a wait only notes when it started, and the timer, when it
-        fires, either times out the wait that has lasted long enough or re-arms itself for the current one.
-        """
-        now = self._loop.time()
-        self._timed = self._waiter
-        self._wait_started = now
-        self._wait_timeout = timeout
-        if self._timer is None or self._timer.when() > now + timeout:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_at(now + timeout, self._timer_fired)
-
-    def _timer_fired(self) -> None:
-        self._timer = None
-        if self._timed is None or self._timed.done():
-            return  # not waiting: the next wait arms a new timer
-        deadline = self._wait_started + self._wait_timeout
-        if self._loop.time() >= deadline:
-            self._wake(TimeoutError())
-        else:
-            self._timer = self._loop.call_at(deadline, self._timer_fired)
-
-    def _take(self, max_bytes: int) -> bytes:
-        """The next received chunk (at most ``max_bytes``), ``b""`` at the end; raises on a lost connection."""
-        if self._chunks:
-            data = self._chunks.popleft()
-            if len(data) > max_bytes:
-                self._chunks.appendleft(data[max_bytes:])
-                data = data[:max_bytes]
-            self._queued -= len(data)
-            if self._reading_paused and self._queued < _LOW_WATER and self._transport:
-                self._reading_paused = False
-                self._transport.resume_reading()
-            return data
-        if self._error is not None:
-            raise ConnectionResetError(str(self._error) or type(self._error).__name__)
-        return b""
+    # -- sending ----------------------------------------------------------------------------------------
 
     def _write_now(self, data: bytes) -> asyncio.Transport:
         """Hand ``data`` to the transport, which sends at once what the kernel takes and buffers the rest."""
@@ -293,11 +190,7 @@ class ProtocolConnection(asyncio.BufferedProtocol):
         if not self._state.options.secure:
             # After STARTTLS, anything still queued came before the 220 went out (this connection writes
             # without yielding): plaintext to drop, never to decrypt. With implicit TLS it is the ClientHello.
-            self._chunks.clear()
-            self._queued = 0
-            if self._reading_paused and self._transport is not None:
-                self._reading_paused = False
-                self._transport.resume_reading()
+            self._drop_queued()
         try:
             with anyio.fail_after(timeout):
                 stream = await TLSStream.wrap(

@@ -11,12 +11,12 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import collections
 import socket
 import ssl
 from types import TracebackType
 from typing import Any, Self, cast
 
+from ._asyncio_protocol import ReadQueue
 from ._hooks import Hook
 from ._options import ServerOptions
 from ._pump import READ_SIZE, run_session
@@ -27,9 +27,6 @@ from ._transport import ShutdownRequested, tls_info
 
 __all__ = ["SMTPServer"]
 
-# Stop reading the socket while this much received data waits for the pump (TCP back-pressure).
-_HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
 #: After close_timeout and the 421, how long sessions still inside a hook get before they are cancelled.
 _HOOK_GRACE = 5.0
 
@@ -171,12 +168,8 @@ class _Runner:
         return str(host)
 
 
-class _Connection(asyncio.BufferedProtocol):
-    """One connection: an asyncio BufferedProtocol that is also the pump's Transport.
-
-    The transport reads into the server's one read buffer (:meth:`get_buffer`); :meth:`buffer_updated` copies
-    what arrived out of it once, into a chunk of its own that :meth:`receive` hands to the pump as it is.
-    """
+class _Connection(ReadQueue):
+    """One connection: an asyncio BufferedProtocol (see :class:`ReadQueue`) that is also the pump's Transport."""
 
     remote_address = ""
     remote_port = 0
@@ -184,25 +177,12 @@ class _Connection(asyncio.BufferedProtocol):
     local_port = 0
 
     def __init__(self, server: SMTPServer) -> None:
+        super().__init__(server._read_buffer)
         self._server = server
-        self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()  # received, not yet taken
-        self._queued = 0  # octets in _chunks
-        self._eof = False
-        self._error: BaseException | None = None
-        self._reading_paused = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._writing_paused = False
-        self._drained: asyncio.Future[None] | None = None
         self._lost = self._loop.create_future()
         self._interrupted = False
         self._tls = False
         self._sending = False  # a send is waiting for the transport to drain
-        self._timer: asyncio.TimerHandle | None = None
-        self._timed: asyncio.Future[None] | None = None  # the wait that the timer times
-        self._wait_started = 0.0
-        self._wait_timeout = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------
 
@@ -219,18 +199,6 @@ class _Connection(asyncio.BufferedProtocol):
             transport.pause_reading()
         self._server._start(self)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        # Shared by every connection of the server: buffer_updated always empties it before the next read.
-        return self._server._read_buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._chunks.append(self._server._read_buffer[:nbytes].tobytes())
-        self._queued += nbytes
-        if self._queued >= _HIGH_WATER and not self._reading_paused and self._transport:
-            self._reading_paused = True
-            self._transport.pause_reading()
-        self._wake()
-
     def eof_received(self) -> bool:
         self._eof = True
         self._wake()
@@ -238,57 +206,9 @@ class _Connection(asyncio.BufferedProtocol):
         return not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._eof = True
-        self._error = exc
-        self._wake()
+        self._connection_ended(exc)
         if not self._lost.done():
             self._lost.set_result(None)
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    def _wake(self, exc: BaseException | None = None) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            if exc is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(exc)
-
-    def _arm_timer(self, timeout: float) -> None:
-        """Time out the wait that starts now after ``timeout`` seconds.
-
-        One timer per connection, not one per wait: a wait only notes when it started, and the timer, when it
-        fires, either times out the wait that has lasted long enough or re-arms itself for the current one.
-        """
-        now = self._loop.time()
-        self._timed = self._waiter
-        self._wait_started = now
-        self._wait_timeout = timeout
-        if self._timer is None or self._timer.when() > now + timeout:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_at(now + timeout, self._timer_fired)
-
-    def _timer_fired(self) -> None:
-        self._timer = None
-        if self._timed is None or self._timed.done():
-            return  # not waiting: the next wait arms a new timer
-        deadline = self._wait_started + self._wait_timeout
-        if self._loop.time() >= deadline:
-            self._wake(TimeoutError())
-        else:
-            self._timer = self._loop.call_at(deadline, self._timer_fired)
 
     def interrupt(self) -> None:
         """Ask the session to end: its current or next receive raises ShutdownRequested."""
@@ -301,26 +221,8 @@ class _Connection(asyncio.BufferedProtocol):
         if self._interrupted:
             raise ShutdownRequested
         if not self._chunks and not self._eof:
-            self._waiter = self._loop.create_future()
-            if timeout is not None:
-                self._arm_timer(timeout)
-            try:
-                await self._waiter
-            finally:
-                self._waiter = self._timed = None
-        if self._chunks:
-            data = self._chunks.popleft()
-            if len(data) > max_bytes:
-                self._chunks.appendleft(data[max_bytes:])
-                data = data[:max_bytes]
-            self._queued -= len(data)
-            if self._reading_paused and self._queued < _LOW_WATER and self._transport:
-                self._reading_paused = False
-                self._transport.resume_reading()
-            return data
-        if self._error is not None:
-            raise ConnectionResetError(str(self._error))
-        return b""
+            await self._wait_readable(timeout)
+        return self._take(max_bytes)
 
     async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
         # The transport hands this Protocol whatever one recv() got (up to 256 KiB), which would swallow the

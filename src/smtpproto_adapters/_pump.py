@@ -262,7 +262,8 @@ class _Pump:
 
     async def _fill(self) -> None:
         """Flush the replies, then feed the core what the client sends next (or end the session)."""
-        await self._flush()
+        if not self.hold_output and (replies := self.conn.data_to_send()):
+            await self._write(replies)  # _flush, inlined: this runs for every command
         if self.broken:
             self.conn.receive_data(b"")
             return
@@ -415,7 +416,7 @@ class _Pump:
     def _final_outcomes(self, outcome: Outcome, result: object) -> list[Outcome]:
         """One outcome per reply the core wants: one in SMTP, one per accepted recipient in LMTP."""
         owed = self.conn.replies_owed
-        if isinstance(result, list | tuple):
+        if isinstance(result, (list, tuple)):  # a tuple is faster than a union here
             if self.options.lmtp and len(result) == owed:
                 return [outcome_of(each) for each in result]
             self.server.count("errors")

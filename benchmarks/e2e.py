@@ -71,6 +71,7 @@ class Server:
     name: str
     kind: str
     uvloop: bool = False
+    anyio_trio: bool = False  # kind anyio on anyio's trio backend
     starttls: bool = True
     python: bool = True
     idle: bool = True  # can hold IDLE_CONNECTIONS sessions (smtp-sink stops at 256)
@@ -103,6 +104,7 @@ SERVERS = [
     Server("smtpproto blocking", "blocking"),
     Server("smtpproto trio", "trio"),
     Server("smtpproto anyio", "anyio"),
+    Server("smtpproto anyio+trio", "anyio", anyio_trio=True),
     Server("asyncio Protocol sink", "sink"),
     Server("aiosmtpd 1.4.6", "aiosmtpd"),
     Server("Node smtp-server 3.21.6", "node", python=False),
@@ -215,6 +217,7 @@ def available(server: Server) -> str | None:
     }
     needed = [modules[server.kind]] + (["uvloop"] if server.uvloop else [])
     needed += {"trio": ["trio"], "anyio": ["anyio"]}.get(server.kind, [])
+    needed += ["trio"] * server.anyio_trio
     for module in needed:
         try:
             if importlib.util.find_spec(module) is None:
@@ -283,6 +286,7 @@ class ServerProcess:
             else:
                 command = [*prefix, PYTHON, str(HERE / "servers.py"), server.kind]
                 command += ["--loop", "uvloop"] * server.uvloop
+                command += ["--anyio-backend", "trio"] * server.anyio_trio
             command += ["--lmtp"] * lmtp
             if tls is not None:
                 command += ["--cert", tls[0], "--key", tls[1]]
@@ -756,7 +760,12 @@ def goals(results: Results, workloads: list[Workload]) -> list[str]:
         )
         met = "met" if memory["kib_per_idle"] < 50 else "not met"
         lines.append(f"* per idle connection: {memory['kib_per_idle']:.1f} KiB (goal < 50: {met})")
-    for other in ("smtpproto blocking", "smtpproto trio", "smtpproto anyio"):
+    for other in (
+        "smtpproto blocking",
+        "smtpproto trio",
+        "smtpproto anyio",
+        "smtpproto anyio+trio",
+    ):
         slowdowns = []
         for key in keys:
             ours, theirs = rate(key, OURS), rate(key, other)
@@ -797,8 +806,9 @@ def select_servers(spec: str | None) -> list[Server]:
             s
             for s in SERVERS
             if s.name in wanted
-            or (s.kind in wanted and not s.uvloop)
+            or (s.kind in wanted and not s.uvloop and not s.anyio_trio)
             or (s.uvloop and f"{s.kind}+uvloop" in wanted)
+            or (s.anyio_trio and "anyio+trio" in wanted)
         ]
     return chosen
 
@@ -807,7 +817,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         for server in SERVERS:
-            kind = server.kind + ("+uvloop" if server.uvloop else "")
+            kind = (
+                server.kind + ("+uvloop" if server.uvloop else "") + ("+trio" * server.anyio_trio)
+            )
             print(f"server   {kind:16s} {server.name:28s} {available(server) or 'available'}")
         for w in WORKLOADS:
             print(f"workload {w.key:16s} {w.title}")

@@ -5,7 +5,8 @@ Run from the project root: ``.venv/bin/python benchmarks/servers.py KIND [--loop
 accepts connections, and serves until it is killed. KIND is one of:
 
 * ``asyncio``, ``blocking``, ``trio``, ``anyio`` — ``smtpproto_adapters.<KIND>.SMTPServer`` with a handler whose
-  ``on_data`` iterates the message stream to its end and keeps nothing;
+  ``on_data`` iterates the message stream to its end and keeps nothing (anyio on asyncio, or on trio with
+  ``--anyio-backend trio``);
 * ``sink`` — a bare ``asyncio.Protocol`` that answers each command with a fixed reply and scans DATA for the
   final dot (no per-line work): the ceiling for a Python server on asyncio;
 * ``aiosmtpd`` — aiosmtpd's ``SMTP``/``LMTP`` protocol with a ``handle_DATA`` that drops the content (aiosmtpd
@@ -265,6 +266,12 @@ def main(argv: list[str] | None = None) -> None:
         help="event loop of the asyncio-based kinds (asyncio, anyio, sink, aiosmtpd)",
     )
     parser.add_argument("--uvloop", action="store_true", help="the same as --loop uvloop")
+    parser.add_argument(
+        "--anyio-backend",
+        choices=["asyncio", "trio"],
+        default="asyncio",
+        help="the event loop anyio runs on (kind anyio only)",
+    )
     parser.add_argument("--cert", help="PEM certificate: offer STARTTLS")
     parser.add_argument("--key", help="PEM private key for --cert")
     args = parser.parse_args(argv)
@@ -293,8 +300,8 @@ def main(argv: list[str] | None = None) -> None:
             args.port,
             args.lmtp,
             context,
-            backend="asyncio",
-            backend_options={"use_uvloop": args.uvloop},
+            backend=args.anyio_backend,
+            backend_options={"use_uvloop": args.uvloop} if args.anyio_backend == "asyncio" else {},
         )
     else:
         factory = asyncio.new_event_loop

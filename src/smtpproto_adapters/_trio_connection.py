@@ -1,17 +1,19 @@
 """The trio server's connections: the pump's Transport over a trio socket, and the idle watchdog.
 
-A plain connection works on the bare socket with trio's low-level waits, suspending only when the socket is not
-ready; the server's one :class:`Watchdog` task times those waits out. After STARTTLS (or for a stream handed
-to the server) each wait gets a cancel scope of its own instead.
+An accepted connection works on the bare socket with trio's low-level waits, suspending only when the socket
+is not ready; the server's one :class:`Watchdog` task times those waits out. TLS stays on that socket too
+(a stdlib ``ssl.SSLSocket``): ``trio.SSLStream`` is pure Python over a memory BIO, and costs twice as much
+CPU per record. Only a stream handed to the server uses trio streams, ``trio.SSLStream`` included, with a
+cancel scope for each wait.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import math
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -27,7 +29,7 @@ _RECEIVING, _SENDING = 1, 2
 
 
 class Watchdog:
-    """Times out the socket waits of every plain connection of a server, from one task.
+    """Times out the socket waits of every accepted connection of a server, from one task.
 
     A cancel scope per wait would cost ~15 µs each, and a watchdog task per connection costs more than a
     short session's replies. Every wait is ``socket_timeout`` long, so the connections, kept in the order
@@ -39,7 +41,7 @@ class Watchdog:
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        #: The connections on a plain socket, the one whose wait started first at the front.
+        #: The connections on a socket, the one whose wait started first at the front.
         self.order: collections.OrderedDict[Connection, None] = collections.OrderedDict()
         self.scope = trio.CancelScope()
 
@@ -64,14 +66,16 @@ class Watchdog:
 
 
 class Connection:
-    """One connection: the pump's Transport over a plain socket, or over a trio stream.
+    """One connection: the pump's Transport over a socket, or over a trio stream.
 
-    An accepted connection starts as a bare non-blocking stdlib socket: a ``send`` that fits in the
-    socket's buffer (nearly all of them) is one ``socket.send`` that never suspends, and a ``receive`` is
-    one checkpoint and a ``recv``, waiting with ``trio.lowlevel.wait_readable`` only when nothing has
-    arrived yet; the server's :class:`Watchdog` times those waits out. After STARTTLS the socket becomes
-    a ``trio.SSLStream`` over a ``trio.SocketStream``, and each wait gets its own cancel scope instead, as
-    on any other stream (the tests run sessions over memory streams).
+    An accepted connection is a bare non-blocking stdlib socket: a ``send`` that fits in the socket's
+    buffer (nearly all of them) is one ``socket.send`` that never suspends, and a ``receive`` is one
+    checkpoint and a ``recv``, waiting with ``trio.lowlevel.wait_readable`` only when nothing has arrived
+    yet; the server's :class:`Watchdog` times those waits out. STARTTLS (or implicit TLS) wraps the socket
+    in an ``ssl.SSLSocket`` and keeps all of that: its ``recv``/``send`` raise ``SSLWantReadError`` or
+    ``SSLWantWriteError`` (either one, from either call) where a plain socket raises ``BlockingIOError``.
+    A stream handed to the server (the tests run sessions over memory streams) gets a cancel scope for
+    each wait instead, and ``trio.SSLStream`` for TLS.
     """
 
     def __init__(
@@ -96,10 +100,12 @@ class Connection:
         self._interrupted = False
         self._closed = False
         self._sending = False
-        #: The plain socket, until STARTTLS turns it into a stream (None: a stream from the start).
+        #: The socket, plain or (after the handshake) an ssl.SSLSocket; None: a stream from the start.
         self._sock = sock
+        #: The TLS session on self._sock is established and intact: aclose() sends close_notify.
+        self._tls_open = False
         self._watchdog = watchdog
-        self.waiting = 0  # _RECEIVING or _SENDING while a wait on self._sock is in progress
+        self.waiting = 0  # _RECEIVING or _SENDING while a watched wait on self._sock is in progress
         self.wait_started = 0.0
         self.tripped = False  # the watchdog timed the current wait out
         if watchdog is not None:
@@ -137,34 +143,57 @@ class Connection:
         if self._interrupted:
             raise ShutdownRequested
         sock = self._sock
-        if sock is None or timeout != self._timeout:
+        if sock is None:
             return await self._receive_scoped(max_bytes, timeout)
         # A checkpoint first, as trio's own socket methods have one: it lets the other sessions run (and
         # gives the client time to answer, so that the recv below mostly succeeds without a wait).
         await trio.lowlevel.checkpoint()
         if self._interrupted:
             raise ShutdownRequested
+        # Always a recv before any wait: an SSLSocket may hold decrypted bytes (pending()) that the
+        # kernel socket will never signal as readable.
         try:
             # recv(n) takes at most n octets off the socket and leaves the rest (receive_before_tls).
             return sock.recv(max_bytes)  # b"" at EOF
-        except BlockingIOError:
-            pass
+        except (BlockingIOError, ssl.SSLWantReadError):
+            wait = trio.lowlevel.wait_readable
+        except ssl.SSLWantWriteError:
+            wait = trio.lowlevel.wait_writable
+        except OSError:
+            self._tls_open = False  # a broken TLS session gets no close_notify
+            raise
+        if timeout != self._timeout:  # not the watchdog's timeout: a cancel scope of its own
+            return await self._receive_socket_scoped(sock, max_bytes, timeout, wait)
         self._start_wait(_RECEIVING)
         try:
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                try:
-                    return sock.recv(max_bytes)
-                except BlockingIOError:
-                    pass
+            return await _recv_when_ready(sock, max_bytes, wait)
         except trio.ClosedResourceError as exc:  # notify_closing: interrupt() or the watchdog
             if self._interrupted:
                 raise ShutdownRequested from None
             if self.tripped:
                 raise TimeoutError from None
+            self._tls_open = False
             raise ConnectionResetError(_reason(exc)) from exc
+        except OSError:
+            self._tls_open = False
+            raise
         finally:
             self.waiting, self.tripped = 0, False
+
+    async def _receive_socket_scoped(
+        self, sock: socket.socket, max_bytes: int, timeout: float | None, wait: _Wait
+    ) -> bytes:
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            self._receive_scope = scope
+            try:
+                return await _recv_when_ready(sock, max_bytes, wait)
+            except trio.ClosedResourceError as exc:
+                raise ConnectionResetError(_reason(exc)) from exc
+            finally:
+                self._receive_scope = None
+        if self._interrupted:
+            raise ShutdownRequested
+        raise TimeoutError
 
     async def _receive_scoped(self, max_bytes: int, timeout: float | None) -> bytes:
         # Cancelling a receive loses nothing: trio hands over bytes atomically, SSLStream included
@@ -183,7 +212,7 @@ class Connection:
 
     async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
         # recv(n) and receive_some(n) return at most n octets and leave the rest in the socket (a
-        # trio.SocketStream is one socket.recv(n), no read-ahead), so the SSLStream gets the whole ClientHello.
+        # stream is only ever a test's, no read-ahead), so the handshake gets the whole ClientHello.
         return await self.receive(max_bytes, timeout)
 
     async def send(self, data: bytes) -> None:
@@ -197,25 +226,41 @@ class Connection:
         # No checkpoint when it all fits in the socket's buffer: the pump receives next, and that is one.
         try:
             sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            sent, wait = 0, trio.lowlevel.wait_writable
+        except ssl.SSLWantReadError:
+            sent, wait = 0, trio.lowlevel.wait_readable
+        except OSError:
+            self._tls_open = False
+            raise
+        else:
+            wait = trio.lowlevel.wait_writable
         if sent < len(data):
-            await self._send_rest(sock, memoryview(data)[sent:])
+            # After a want-error an SSLSocket needs the same bytes again: view[0:] is just that.
+            await self._send_rest(sock, memoryview(data)[sent:], wait)
 
-    async def _send_rest(self, sock: socket.socket, view: memoryview) -> None:
+    async def _send_rest(self, sock: socket.socket, view: memoryview, wait: _Wait) -> None:
         self._sending = True
         self._start_wait(_SENDING)
         try:
             while view:
                 if self.tripped:  # timed out between two partial sends
                     raise trio.ClosedResourceError
-                await trio.lowlevel.wait_writable(sock)
-                with contextlib.suppress(BlockingIOError):
+                await wait(sock)
+                try:
                     view = view[sock.send(view) :]
+                except (BlockingIOError, ssl.SSLWantWriteError):
+                    wait = trio.lowlevel.wait_writable
+                except ssl.SSLWantReadError:
+                    wait = trio.lowlevel.wait_readable
         except trio.ClosedResourceError as exc:  # the watchdog, or the socket was closed
+            self._tls_open = False  # a TLS record may be half written: no close_notify after it
             if self.tripped:
                 raise TimeoutError("the client does not read its replies") from None
             raise ConnectionResetError(_reason(exc)) from exc
+        except BaseException:  # an OSError, or cancelled mid-record
+            self._tls_open = False
+            raise
         finally:
             self.waiting, self.tripped, self._sending = 0, False, False
 
@@ -233,17 +278,37 @@ class Connection:
             self._sending = False
 
     def _as_stream(self) -> trio.abc.Stream:
-        """The connection as a trio stream; a plain socket becomes a ``trio.SocketStream`` for good."""
-        if self._stream is None:
-            assert self._sock is not None
-            self._unwatch()  # from here on each wait has its own cancel scope
-            self._stream = self._raw = trio.SocketStream(trio.socket.from_stdlib_socket(self._sock))
-            self._sock = None
+        """The stream this connection was made for (only a connection without a socket has one)."""
+        assert self._stream is not None
         return self._stream
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float | None) -> TLSInfo:
         # Nothing to discard here: the pump's receive never reads past what it asked for, and the core
-        # already dropped whatever it had buffered after STARTTLS.
+        # already dropped whatever it had buffered after STARTTLS. Plaintext the client sent after
+        # STARTTLS is still in the kernel, and goes to the handshake (which fails on it), never decrypted.
+        sock = self._sock
+        if sock is None:
+            return await self._start_tls_stream(context, timeout)
+        # wrap_socket takes the descriptor over (sock is detached), keeping it non-blocking.
+        tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self._sock = tls
+        # One cancel scope for the whole handshake: a single wait would not do, it takes several.
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    await trio.lowlevel.wait_readable(tls)
+                except ssl.SSLWantWriteError:
+                    await trio.lowlevel.wait_writable(tls)
+            self._tls_open = True
+            setup = self._state.tls
+            # The SNI callback saw this very SSLSocket: TLSSetup kept the name under it.
+            return tls_info(tls, setup.servername(tls) if setup is not None else None)
+        raise TimeoutError("TLS handshake timed out")
+
+    async def _start_tls_stream(self, context: ssl.SSLContext, timeout: float | None) -> TLSInfo:
         stream = trio.SSLStream(self._as_stream(), context, server_side=True)
         self._stream = stream  # from here on aclose() closes the TLS stream
         try:
@@ -268,11 +333,12 @@ class Connection:
             # No notify_closing: only this task ever waits on the socket, and it is not waiting now (a
             # finished or cancelled wait leaves nothing registered with trio).
             sock.close()
-        elif isinstance(self._raw, trio.SocketStream):
-            self._raw.socket.close()  # after STARTTLS: aclose() normally did this already
 
     async def aclose(self) -> None:
-        if self._sock is not None:
+        sock = self._sock
+        if sock is not None:
+            if self._tls_open and not self._closed:
+                await self._close_notify(sock)
             self.release()
             return
         if self._closed or self._stream is None:
@@ -288,6 +354,40 @@ class Connection:
                     self._state.logger.debug("closing the connection: %s", exc)
             if self._raw is not None and self._stream is not self._raw:
                 await trio.aclose_forcefully(self._raw)
+
+    async def _close_notify(self, sock: socket.socket) -> None:
+        """Send close_notify, as trio.SSLStream does: without waiting for the client's."""
+        assert isinstance(sock, ssl.SSLSocket)
+        self._tls_open = False
+        # Shielded, so that a cancelled session still says goodbye; bounded, because it can block on a
+        # client that never reads.
+        with trio.CancelScope(shield=True), trio.move_on_after(min(self._timeout, 5.0)):
+            while True:
+                try:
+                    sock.unwrap()  # both close_notify alerts are through
+                    return
+                except ssl.SSLWantReadError:
+                    return  # ours is sent; the client's is not worth a wait
+                except ssl.SSLWantWriteError:
+                    await trio.lowlevel.wait_writable(sock)
+                except (OSError, ValueError) as exc:
+                    self._state.logger.debug("closing the connection: %s", exc)
+                    return
+
+
+_Wait = Callable[[socket.socket], Awaitable[None]]
+
+
+async def _recv_when_ready(sock: socket.socket, max_bytes: int, wait: _Wait) -> bytes:
+    """``sock.recv(max_bytes)`` once ``wait`` says it can proceed; the wait may change on the way."""
+    while True:
+        await wait(sock)
+        try:
+            return sock.recv(max_bytes)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            wait = trio.lowlevel.wait_readable
+        except ssl.SSLWantWriteError:
+            wait = trio.lowlevel.wait_writable
 
 
 def _reason(exc: BaseException) -> str:

@@ -11,9 +11,10 @@ Usage::
 
 Listeners come from ``anyio.create_tcp_listener``, sessions run in a task group owned by
 :meth:`SMTPServer.serve_forever`, and STARTTLS and implicit TLS use ``anyio.streams.tls.TLSStream``. Under
-trio a connection is anyio's socket stream; under asyncio it is an asyncio protocol of our own
-(:mod:`smtpproto_adapters._anyio_asyncio`), which spares every receive anyio's re-registration of the
-socket with the selector. As with trio, :meth:`SMTPServer.listen` binds the sockets and ``serve_forever``
+asyncio a connection is an asyncio protocol of our own (:mod:`smtpproto_adapters._anyio_asyncio`), which
+spares every receive anyio's re-registration of the socket with the selector; under trio it is the trio
+server's connection on the bare socket (:mod:`smtpproto_adapters._anyio_trio`), which spares it anyio's
+stream and cancel scopes. As with trio, :meth:`SMTPServer.listen` binds the sockets and ``serve_forever``
 does the accepting; :meth:`SMTPServer.close` (from another task) winds the sessions down gracefully, while
 cancelling ``serve_forever`` tears them down at once.
 """
@@ -28,7 +29,7 @@ import socket
 import ssl
 from asyncio.trsock import TransportSocket
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup
@@ -42,6 +43,10 @@ from ._server import ServerState, Statistics, build_options
 from ._session import TLSInfo
 from ._stream import AsyncStream, MessageSource
 from ._transport import ShutdownRequested
+
+if TYPE_CHECKING:
+    from ._anyio_trio import TrioSessions
+    from ._trio_connection import Connection
 
 __all__ = ["SMTPServer"]
 
@@ -67,7 +72,7 @@ class SMTPServer:
             handler, build_options(options, option_overrides), asynchronous=True
         )
         self._listeners: list[SocketListener] = []
-        self._connections: set[_Connection | ProtocolConnection] = set()
+        self._connections: set[_Connection | ProtocolConnection | Connection] = set()
         #: Where every connection on asyncio reads to (see ProtocolConnection.get_buffer); made on first use.
         self._read_buffer: memoryview | None = None
         # anyio events belong to a running backend, so they are made on first use (see _events()).
@@ -76,6 +81,8 @@ class SMTPServer:
         self._closed: anyio.Event | None = None
         self._accepting: TaskGroup | None = None
         self._sessions: TaskGroup | None = None
+        #: Under trio: the sessions' nursery and watchdog (see _anyio_trio); made by serve_forever.
+        self._trio: TrioSessions | None = None
         self._close_started = False
         self._serving = False
         self._runner = _Runner(self._state.hooks.on_close)
@@ -138,8 +145,14 @@ class SMTPServer:
         self._serving = True
         self._idle = anyio.Event()
         self._idle.set()
+        if _on_trio():
+            from ._anyio_trio import TrioSessions
+
+            self._trio = TrioSessions(self._state, self._runner, self._started, self._ended)
         try:
             async with anyio.create_task_group() as sessions:
+                if self._trio is not None:
+                    await sessions.start(self._trio.run)
                 async with anyio.create_task_group() as accepting:
                     self._sessions, self._accepting = sessions, accepting
                     for listener in self._listeners:
@@ -149,6 +162,8 @@ class SMTPServer:
                     accepting.cancel_scope.cancel()
                 self._accepting = None
                 await self._wind_down()
+                if self._trio is not None:
+                    self._trio.watchdog.scope.cancel()  # every session has ended, or been cancelled
         finally:
             self._state.closing = True
             self._accepting = self._sessions = None
@@ -201,6 +216,9 @@ class SMTPServer:
             sock, socket.socket
         ):
             await self._accept_protocols(listener, sock)
+            return
+        if self._trio is not None and isinstance(sock, socket.socket):
+            await self._trio.accept(listener, sock)
             return
         async with listener:
             while True:
@@ -281,9 +299,7 @@ class SMTPServer:
         await self._run(_Connection(stream, remote, local, self._state))
 
     async def _run(self, connection: _Connection | ProtocolConnection) -> None:
-        if not self._connections:
-            self._idle = anyio.Event()
-        self._connections.add(connection)
+        self._started(connection)
         if connection.watched and self._sessions is not None:
             self._sessions.start_soon(connection.watch)
         # run_session handles its own errors; the except only keeps a bug from crashing the task group.
@@ -295,9 +311,27 @@ class SMTPServer:
             self._state.logger.exception("session task failed")
         finally:
             connection.unwatch()
-            self._connections.discard(connection)
-            if not self._connections and self._idle is not None:
-                self._idle.set()
+            self._ended(connection)
+
+    def _started(self, connection: _Connection | ProtocolConnection | Connection) -> None:
+        if not self._connections:
+            self._idle = anyio.Event()
+        self._connections.add(connection)
+
+    def _ended(self, connection: _Connection | ProtocolConnection | Connection) -> None:
+        self._connections.discard(connection)
+        if not self._connections and self._idle is not None:
+            self._idle.set()
+
+
+def _on_trio() -> bool:
+    """Whether anyio runs on trio (imported only then: anyio on asyncio does not need it)."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if cancelled is asyncio.CancelledError:
+        return False
+    import trio
+
+    return cancelled is trio.Cancelled
 
 
 class _Runner:
@@ -331,8 +365,9 @@ class _Runner:
 class _Connection:
     """One connection: the pump's Transport over an anyio byte stream (a ``TLSStream`` after TLS starts).
 
-    Used under trio, and for any stream given to ``_serve_stream``; under asyncio the accept loop makes a
-    :class:`~smtpproto_adapters._anyio_asyncio.ProtocolConnection` instead.
+    Used for any stream given to ``_serve_stream``, and for a listener without a stdlib socket; the accept
+    loop otherwise serves a :class:`~smtpproto_adapters._anyio_asyncio.ProtocolConnection` (asyncio) or a
+    trio server's connection (trio, see :mod:`smtpproto_adapters._anyio_trio`) instead.
 
     On a plain socket the timeouts cost no cancel scope per receive or send (anyio charges ~10-15 µs for
     each). A receive waits in the stream with no scope at all: a watchdog task per connection sleeps until

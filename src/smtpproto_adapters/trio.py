@@ -1,4 +1,4 @@
-"""SMTPServer on trio: a nursery holds the sessions, ``trio.SSLStream`` does TLS.
+"""SMTPServer on trio: a nursery holds the sessions, which run on the bare sockets (TLS through the stdlib ``ssl``).
 
 Usage::
 
@@ -19,12 +19,13 @@ from __future__ import annotations
 import errno
 import math
 import socket
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
 import trio
 
-from ._hooks import Hook
+from ._hooks import Hook, Runner
 from ._options import ServerOptions
 from ._pump import run_session
 from ._server import ServerState, Statistics, build_options
@@ -203,25 +204,13 @@ class SMTPServer:
         """
         sessions = self._sessions
         assert sessions is not None
+        scope = sessions.cancel_scope
         try:
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                for _ in range(_ACCEPT_BATCH):
-                    try:
-                        client, _ = sock.accept()
-                    except BlockingIOError:
-                        break
-                    except OSError as exc:
-                        if exc.errno in _IGNORABLE_ACCEPT_ERRNOS:
-                            continue
-                        if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                            raise
-                        self._state.logger.error(
-                            "accept failed (%s); retrying in %ss", exc, _ACCEPT_RETRY_DELAY
-                        )
-                        await trio.sleep(_ACCEPT_RETRY_DELAY)
-                        break
-                    sessions.start_soon(self._serve_socket, client, sessions.cancel_scope)
+            await accept_sockets(
+                sock,
+                self._state,
+                lambda client: sessions.start_soon(self._serve_socket, client, scope),
+            )
         finally:
             listener.socket.close()  # synchronous, so that it also happens when cancelled
 
@@ -240,29 +229,10 @@ class SMTPServer:
                 await self._idle.wait()
 
     async def _serve_socket(self, sock: socket.socket, sessions: trio.CancelScope) -> None:
-        """One accepted connection; its socket is closed when the session ends, whatever happened.
-
-        It needs no cancel scope of its own: kill() only ever comes for every session at once, so it
-        cancels the sessions nursery (``sessions``) instead.
-        """
-        try:
-            sock.setblocking(False)
-            remote, local = sock.getpeername(), sock.getsockname()
-            # As trio.SocketStream does: a reply is one write, and should leave at once.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # reset before we got to it
-            sock.close()
-            return
-        connection = Connection(None, sock, remote, local, self._state, sessions, self._watchdog)
-        self._started(connection)
-        try:
-            await run_session(self._state, connection, self._runner)
-        except Exception:  # a bug (run_session handles its own errors): keep the other sessions
-            self._state.count("errors")
-            self._state.logger.exception("session task failed")
-        finally:
-            connection.release()
-            self._ended(connection)
+        """One accepted connection (see :func:`serve_socket`)."""
+        await serve_socket(
+            sock, self._state, self._runner, sessions, self._watchdog, self._started, self._ended
+        )
 
     async def _serve_stream(self, stream: trio.abc.Stream, remote: Any, local: Any) -> None:
         """Run one session over any trio stream (a memory stream in the tests), in its own cancel scope."""
@@ -286,6 +256,65 @@ class SMTPServer:
         self._connections.discard(connection)
         if not self._connections:
             self._idle.set()
+
+
+async def accept_sockets(
+    sock: socket.socket, state: ServerState, start: Callable[[socket.socket], object]
+) -> None:
+    """Accept connections on a non-blocking stdlib listening socket forever, ``start(client)`` for each.
+
+    Shared with the anyio server on trio. Closing ``sock`` is up to the caller.
+    """
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                client, _ = sock.accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in _IGNORABLE_ACCEPT_ERRNOS:
+                    continue
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                state.logger.error("accept failed (%s); retrying in %ss", exc, _ACCEPT_RETRY_DELAY)
+                await trio.sleep(_ACCEPT_RETRY_DELAY)
+                break
+            start(client)
+
+
+async def serve_socket(
+    sock: socket.socket,
+    state: ServerState,
+    runner: Runner,
+    sessions: trio.CancelScope,
+    watchdog: Watchdog,
+    started: Callable[[Connection], None],
+    ended: Callable[[Connection], None],
+) -> None:
+    """One accepted connection; its socket is closed when the session ends, whatever happened.
+
+    It needs no cancel scope of its own: kill() only ever comes for every session at once, so it
+    cancels the scope of all sessions (``sessions``) instead. Shared with the anyio server on trio.
+    """
+    try:
+        sock.setblocking(False)
+        remote, local = sock.getpeername(), sock.getsockname()
+        # As trio.SocketStream does: a reply is one write, and should leave at once.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # reset before we got to it
+        sock.close()
+        return
+    connection = Connection(None, sock, remote, local, state, sessions, watchdog)
+    started(connection)
+    try:
+        await run_session(state, connection, runner)
+    except Exception:  # a bug (run_session handles its own errors): keep the other sessions
+        state.count("errors")
+        state.logger.exception("session task failed")
+    finally:
+        connection.release()
+        ended(connection)
 
 
 class _Runner:

@@ -11,9 +11,9 @@ Usage::
 
 Listeners come from ``anyio.create_tcp_listener``, sessions run in a task group owned by
 :meth:`SMTPServer.serve_forever`, and STARTTLS and implicit TLS use ``anyio.streams.tls.TLSStream``. Under
-asyncio a connection is an asyncio protocol of our own (:mod:`smtpproto_adapters._anyio_asyncio`), which
+asyncio a connection is an asyncio protocol of our own (``smtpproto_adapters._anyio_asyncio``), which
 spares every receive anyio's re-registration of the socket with the selector; under trio it is the trio
-server's connection on the bare socket (:mod:`smtpproto_adapters._anyio_trio`), which spares it anyio's
+server's connection on the bare socket (``smtpproto_adapters._anyio_trio``), which spares it anyio's
 stream and cancel scopes. As with trio, :meth:`SMTPServer.listen` binds the sockets and ``serve_forever``
 does the accepting; :meth:`SMTPServer.close` (from another task) winds the sessions down gracefully, while
 cancelling ``serve_forever`` tears them down at once.
@@ -367,7 +367,7 @@ class _Connection:
 
     Used for any stream given to ``_serve_stream``, and for a listener without a stdlib socket; the accept
     loop otherwise serves a :class:`~smtpproto_adapters._anyio_asyncio.ProtocolConnection` (asyncio) or a
-    trio server's connection (trio, see :mod:`smtpproto_adapters._anyio_trio`) instead.
+    trio server's connection (trio, see ``smtpproto_adapters._anyio_trio``) instead.
 
     On a plain socket the timeouts cost no cancel scope per receive or send (anyio charges ~10-15 µs for
     each). A receive waits in the stream with no scope at all: a watchdog task per connection sleeps until

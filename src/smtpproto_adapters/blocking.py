@@ -3,7 +3,7 @@
 The shared async pump runs synchronously here (see ``smtpproto_adapters._transport.drive``): the
 transport below and the hook runner are ``async def`` functions that never suspend. Hooks are plain
 functions and run in the connection's thread. That thread is kept for a later connection once this one
-ends (see :mod:`smtpproto_adapters._blocking_pool`), so ``threading.local`` data can outlive a session.
+ends (see ``smtpproto_adapters._blocking_pool``), so ``threading.local`` data can outlive a session.
 
 Usage::
 

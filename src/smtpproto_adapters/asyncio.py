@@ -282,10 +282,18 @@ class _Connection(ReadQueue):
         self._chunks.clear()
         self._queued = 0
         self._reading_paused = False
-        new = await self._loop.start_tls(
-            transport, self, context, server_side=True, ssl_handshake_timeout=timeout
-        )
+        try:
+            new = await self._loop.start_tls(
+                transport, self, context, server_side=True, ssl_handshake_timeout=timeout
+            )
+        except BaseException:
+            # The transport now belongs to its SSL protocol, which never reports a loss during the handshake
+            # to us: without this, aclose() would wait for a connection_lost that does not come.
+            transport.close()
+            self.connection_lost(None)
+            raise
         if new is None:
+            self.connection_lost(None)
             raise ConnectionResetError("connection closed during the TLS handshake")
         self._transport, self._tls = new, True
         ssl_object = new.get_extra_info("ssl_object")

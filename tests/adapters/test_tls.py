@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import shutil
 import smtplib
+import socket
 import ssl
+import struct
 import subprocess
+import time
 
 import pytest
 
@@ -88,11 +91,29 @@ def test_failed_implicit_handshake_is_logged_and_closed(start_server, caplog) ->
         client.close()
         assert rest[:1] in (b"", b"\x15")
         wait_until(lambda: server.statistics().tls_failures == 1)
+    # The session is over, not stuck waiting for a loss its transport reports elsewhere.
+    wait_until(lambda: server.statistics().connections_active == 0, what="the session to end")
     assert any("TLS handshake failed" in r.getMessage() for r in caplog.records)
     assert rec.calls == []  # no hook ran for it
     with smtplib.SMTP_SSL("127.0.0.1", server.port, context=unverified_context()) as ok:
         assert ok.noop()[0] == 250
     assert server.statistics().errors == 0
+
+
+def test_a_client_reset_during_the_handshake_ends_the_session(start_server) -> None:
+    # Load balancers' health checks do this. The session must end at once, not hang until close().
+    server = start_server(Recorder(), secure=True)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    sock.sendall(
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(20)
+    )  # a ClientHello, cut short
+    time.sleep(0.2)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # with SO_LINGER 0: a reset, not a FIN
+    wait_until(lambda: server.statistics().tls_failures == 1, what="the failed handshake")
+    wait_until(lambda: server.statistics().connections_active == 0, what="the session to end")
+    with smtplib.SMTP_SSL("127.0.0.1", server.port, context=unverified_context()) as ok:
+        assert ok.noop()[0] == 250
 
 
 def test_failed_starttls_handshake_is_logged_and_closed(start_server, caplog) -> None:
@@ -109,6 +130,7 @@ def test_failed_starttls_handshake_is_logged_and_closed(start_server, caplog) ->
         assert rest[:1] in (b"", b"\x15")
         rec.wait_closed()
     assert server.statistics().tls_failures == 1
+    wait_until(lambda: server.statistics().connections_active == 0, what="the session to end")
     assert any("TLS handshake failed" in r.getMessage() for r in caplog.records)
     assert rec.called("on_secure") == []
 

@@ -160,7 +160,7 @@ class Serve:
         try:
             status = self.process.wait(TIMEOUT)
         except subprocess.TimeoutExpired:
-            raise AssertionError("smtpproto did not exit") from None
+            raise AssertionError(f"smtpproto did not exit; stderr: {self.stderr}") from None
         for reader in self._readers:
             reader.join(TIMEOUT)
         return status

@@ -11,7 +11,7 @@ import socket
 from typing import Literal
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from smtpproto._addresses import xtext_encode
@@ -871,9 +871,11 @@ printable = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_s
 
 
 @given(ident=printable)
+@example(ident="[TEMPUNAVAIL]")  # special in XCLIENT only: in XFORWARD's free text it is just text
+@example(ident="[unavailable]")
 def test_xforward_ident_round_trips_xtext(ident: str) -> None:
     argument = f"IDENT={xtext_encode(ident)}"
-    if set(ident) & set('<>()\\";@') or ident.upper() == "[TEMPUNAVAIL]":
+    if set(ident) & set('<>()\\";@'):
         with pytest.raises(XAttributeError, match=r"^Bad IDENT syntax: "):
             parse_xforward(argument)
     else:

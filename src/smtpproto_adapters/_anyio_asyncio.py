@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import anyio
 from anyio.abc import ByteStream
@@ -27,7 +27,7 @@ from ._server import ServerState
 from ._session import TLSInfo
 from ._transport import ShutdownRequested
 
-__all__ = ["ProtocolConnection", "address_of"]
+__all__ = ["Interruptible", "ProtocolConnection", "address_of", "receive_in_scope"]
 
 #: The longest a closing connection may take to flush what it still has to send.
 _CLOSE_GRACE = 5.0
@@ -151,19 +151,7 @@ class ProtocolConnection(ReadQueue):
         assert self._tls is not None
         # A timer cannot end this wait: an error from below would break the TLS stream, which still has to
         # send the 421. Cancelling loses nothing (TLSStream and this connection keep unread data buffered).
-        with anyio.move_on_after(timeout) as scope:
-            self._receive_scope = scope
-            try:
-                return await self._tls.receive(max_bytes)
-            except anyio.EndOfStream:
-                return b""  # the core's single EOF convention
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-                raise ConnectionResetError(_reason(exc)) from exc
-            finally:
-                self._receive_scope = None
-        if self._interrupted:
-            raise ShutdownRequested
-        raise TimeoutError
+        return await receive_in_scope(self, self._tls, max_bytes, timeout)
 
     async def send(self, data: bytes) -> None:
         # One task at a time: a plain flag catches a second writer (a bug) as SendGuard does, for less.
@@ -274,6 +262,36 @@ class _PlainStream(ByteStream):
         transport = self._connection._transport
         if transport is not None:
             transport.close()
+
+
+class Interruptible(Protocol):
+    """A connection whose receives :func:`receive_in_scope` runs: its ``interrupt()`` cancels the scope."""
+
+    _receive_scope: anyio.CancelScope | None
+    _interrupted: bool
+
+
+async def receive_in_scope(
+    owner: Interruptible, stream: ByteStream, max_bytes: int, timeout: float | None
+) -> bytes:
+    """One receive from ``stream`` in a cancel scope of its own, kept in ``owner._receive_scope``.
+
+    ``b""`` at the end of the stream (the core's single EOF convention); TimeoutError when ``timeout`` ran out,
+    ShutdownRequested when ``owner`` was interrupted; ConnectionResetError when the stream broke.
+    """
+    with anyio.move_on_after(timeout) as scope:
+        owner._receive_scope = scope
+        try:
+            return await stream.receive(max_bytes)
+        except anyio.EndOfStream:
+            return b""
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            raise ConnectionResetError(_reason(exc)) from exc
+        finally:
+            owner._receive_scope = None
+    if owner._interrupted:
+        raise ShutdownRequested
+    raise TimeoutError
 
 
 def _reason(exc: BaseException) -> str:

@@ -35,7 +35,7 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from ._anyio_asyncio import ProtocolConnection, accepted
+from ._anyio_asyncio import ProtocolConnection, accepted, receive_in_scope
 from ._hooks import Hook
 from ._options import ServerOptions
 from ._pump import READ_SIZE, run_session
@@ -473,19 +473,7 @@ class _Connection:
                 self._receiving = False
         # Cancelling a receive loses nothing (anyio keeps unread data buffered, TLSStream included), so a
         # timeout or interrupt() can cut in at any point.
-        with anyio.move_on_after(timeout) as scope:
-            self._receive_scope = scope
-            try:
-                return await self._stream.receive(max_bytes)
-            except anyio.EndOfStream:
-                return b""  # the core's single EOF convention
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-                raise ConnectionResetError(_reason(exc)) from exc
-            finally:
-                self._receive_scope = None
-        if self._interrupted:
-            raise ShutdownRequested
-        raise TimeoutError
+        return await receive_in_scope(self, self._stream, max_bytes, timeout)
 
     async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
         # receive(n) returns at most n octets: under trio it is one socket recv(n); under asyncio the stream

@@ -27,7 +27,13 @@ from ._server import ServerState
 from ._session import TLSInfo
 from ._transport import ShutdownRequested
 
-__all__ = ["Interruptible", "ProtocolConnection", "address_of", "receive_in_scope"]
+__all__ = [
+    "Interruptible",
+    "ProtocolConnection",
+    "address_of",
+    "receive_in_scope",
+    "tls_stream_info",
+]
 
 #: The longest a closing connection may take to flush what it still has to send.
 _CLOSE_GRACE = 5.0
@@ -187,14 +193,7 @@ class ProtocolConnection(ReadQueue):
         except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
             raise ConnectionResetError(_reason(exc)) from exc
         self._tls = stream
-        ssl_object = stream.extra(TLSAttribute.ssl_object)
-        cipher = stream.extra(TLSAttribute.cipher)
-        tls = self._state.tls
-        return TLSInfo(
-            servername=tls.servername(ssl_object) if tls else None,
-            protocol=stream.extra(TLSAttribute.tls_version),
-            cipher=cipher[0] if cipher else "",
-        )
+        return tls_stream_info(stream, self._state)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -262,6 +261,18 @@ class _PlainStream(ByteStream):
         transport = self._connection._transport
         if transport is not None:
             transport.close()
+
+
+def tls_stream_info(stream: TLSStream, state: ServerState) -> TLSInfo:
+    """What the session learns of a TLS stream once its handshake is done (SNI name through the server)."""
+    ssl_object = stream.extra(TLSAttribute.ssl_object)
+    cipher = stream.extra(TLSAttribute.cipher)
+    tls = state.tls
+    return TLSInfo(
+        servername=tls.servername(ssl_object) if tls else None,
+        protocol=stream.extra(TLSAttribute.tls_version),
+        cipher=cipher[0] if cipher else "",
+    )
 
 
 class Interruptible(Protocol):

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup
-from anyio.streams.tls import TLSAttribute, TLSStream
+from anyio.streams.tls import TLSStream
 
-from ._anyio_asyncio import ProtocolConnection, accepted, receive_in_scope
+from ._anyio_asyncio import ProtocolConnection, accepted, receive_in_scope, tls_stream_info
 from ._hooks import Hook
 from ._options import ServerOptions
 from ._pump import READ_SIZE, run_session
@@ -520,14 +520,7 @@ class _Connection:
         except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
             raise ConnectionResetError(_reason(exc)) from exc
         self._stream = stream  # from here on aclose() closes the TLS stream
-        ssl_object = stream.extra(TLSAttribute.ssl_object)
-        cipher = stream.extra(TLSAttribute.cipher)
-        tls = self._state.tls
-        return TLSInfo(
-            servername=tls.servername(ssl_object) if tls else None,
-            protocol=stream.extra(TLSAttribute.tls_version),
-            cipher=cipher[0] if cipher else "",
-        )
+        return tls_stream_info(stream, self._state)
 
     async def aclose(self) -> None:
         if self._closed:

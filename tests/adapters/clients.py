@@ -161,6 +161,23 @@ def unverified_context() -> ssl.SSLContext:
     return context
 
 
+def starttls_client(port: int, *, strict_eof: bool = False) -> RawClient:
+    """A client greeted, through EHLO, STARTTLS and the handshake, and greeted again inside TLS.
+
+    ``strict_eof``: a close without the server's close_notify is an error, not an end of stream.
+    """
+    client = RawClient(port)
+    assert client.reply()[0] == 220
+    client.expect("EHLO c.test", 250)
+    client.expect("STARTTLS", 220)
+    client.start_tls(unverified_context())
+    if strict_eof:
+        assert isinstance(client.sock, ssl.SSLSocket)
+        client.sock.suppress_ragged_eofs = False
+    client.expect("EHLO c.test", 250)
+    return client
+
+
 def make_certificate(directory: Path, common_name: str) -> tuple[Path, Path]:
     """A self-signed RSA certificate for ``common_name`` (written by the tests, not by the code under test)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

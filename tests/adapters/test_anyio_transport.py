@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .clients import RawClient, unverified_context
+from .clients import starttls_client, unverified_context
 from .conftest import BACKENDS, Backend, Recorder
 
 _ANYIO = [
@@ -30,20 +30,10 @@ if importlib.util.find_spec("uvloop") is not None:
 pytestmark = pytest.mark.parametrize("backend", _ANYIO)
 
 
-def _tls_session(port: int) -> RawClient:
-    client = RawClient(port)
-    assert client.reply()[0] == 220
-    client.expect("EHLO c.test", 250)
-    client.expect("STARTTLS", 220)
-    client.start_tls(unverified_context())
-    client.expect("EHLO c.test", 250)
-    return client
-
-
 def test_idle_timeout_inside_tls(start_server) -> None:
     rec = Recorder()
     server = start_server(rec, socket_timeout=0.5)
-    client = _tls_session(server.port)
+    client = starttls_client(server.port)
     started = time.monotonic()
     assert client.reply() == (421, ["4.4.2 mx.test Timeout - closing connection"])
     assert 0.4 < time.monotonic() - started < 3
@@ -55,7 +45,7 @@ def test_idle_timeout_inside_tls(start_server) -> None:
 def test_close_421s_an_idle_tls_session(start_server) -> None:
     rec = Recorder()
     server = start_server(rec, close_timeout=0.2)
-    client = _tls_session(server.port)
+    client = starttls_client(server.port)
     server.begin_close()
     assert client.reply() == (421, ["4.3.2 mx.test Service shutting down"])
     assert client.at_eof()

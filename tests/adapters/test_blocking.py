@@ -16,7 +16,7 @@ import pytest
 
 from smtpproto_adapters import blocking
 
-from .clients import RawClient, unverified_context, wait_until
+from .clients import RawClient, starttls_client, wait_until
 from .conftest import BACKENDS, Backend, Recorder
 from .test_connections import (
     test_client_stalled_mid_data_times_out,
@@ -45,20 +45,10 @@ def wait_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return mode
 
 
-def _starttls_session(port: int) -> RawClient:
-    client = RawClient(port)
-    assert client.reply()[0] == 220
-    client.expect("EHLO c.test", 250)
-    client.expect("STARTTLS", 220)
-    client.start_tls(unverified_context())
-    client.expect("EHLO c.test", 250)
-    return client
-
-
 def test_idle_tls_client_times_out(start_server) -> None:
     rec = Recorder()
     server = start_server(rec, socket_timeout=0.5)
-    client = _starttls_session(server.port)
+    client = starttls_client(server.port)
     started = time.monotonic()
     assert client.reply() == (421, ["4.4.2 mx.test Timeout - closing connection"])
     assert 0.4 < time.monotonic() - started < 3
@@ -72,7 +62,7 @@ def test_close_421s_idle_plain_and_tls_sessions(start_server) -> None:
     plain = RawClient(server.port)
     assert plain.reply()[0] == 220
     plain.expect("EHLO plain.test", 250)
-    tls = _starttls_session(server.port)
+    tls = starttls_client(server.port)
     server.begin_close()
     for client in (plain, tls):
         assert client.reply() == (421, ["4.3.2 mx.test Service shutting down"])

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import ssl
 import threading
 import time
 
 import pytest
 
-from .clients import RawClient, unverified_context, wait_until
+from .clients import RawClient, starttls_client, wait_until
 from .conftest import BACKENDS, Recorder
 
 pytestmark = pytest.mark.parametrize("backend", [BACKENDS["trio"]], ids=["trio"])
@@ -22,23 +21,10 @@ pytestmark = pytest.mark.parametrize("backend", [BACKENDS["trio"]], ids=["trio"]
 TIMEOUT = 0.6
 
 
-def _secured(port: int) -> RawClient:
-    client = RawClient(port)
-    assert client.reply()[0] == 220
-    client.expect("EHLO c.test", 250)
-    client.expect("STARTTLS", 220)
-    client.start_tls(unverified_context())
-    # A close without close_notify is an error here, not an EOF: the tests check the server sends one.
-    assert isinstance(client.sock, ssl.SSLSocket)
-    client.sock.suppress_ragged_eofs = False
-    client.expect("EHLO c.test", 250)
-    return client
-
-
 def test_idle_tls_session_gets_its_421_and_close_notify(start_server) -> None:
     rec = Recorder()
     server = start_server(rec, socket_timeout=TIMEOUT)
-    client = _secured(server.port)
+    client = starttls_client(server.port, strict_eof=True)
     client.expect("NOOP", 250)
     started = time.monotonic()
     assert client.reply() == (421, ["4.4.2 mx.test Timeout - closing connection"])
@@ -51,7 +37,7 @@ def test_idle_tls_session_gets_its_421_and_close_notify(start_server) -> None:
 def test_close_reaches_an_idle_tls_session(start_server) -> None:
     rec = Recorder()
     server = start_server(rec, close_timeout=0.3)
-    client = _secured(server.port)
+    client = starttls_client(server.port, strict_eof=True)
     server.begin_close()
     assert client.reply() == (421, ["4.3.2 mx.test Service shutting down"])
     assert client.at_eof()
@@ -62,7 +48,7 @@ def test_close_reaches_an_idle_tls_session(start_server) -> None:
 def test_a_large_message_over_tls(start_server) -> None:
     rec = Recorder()
     server = start_server(rec)
-    client = _secured(server.port)
+    client = starttls_client(server.port, strict_eof=True)
     body = b"".join(b"line %06d of a long message\r\n" % i for i in range(20_000))
     client.expect("MAIL FROM:<a@b.test>", 250)
     client.expect("RCPT TO:<x@y.test>", 250)
@@ -82,7 +68,7 @@ def test_a_large_message_over_tls(start_server) -> None:
 def test_a_tls_client_that_never_reads_its_replies_is_cut_off(start_server) -> None:
     rec = Recorder()
     server = start_server(rec, socket_timeout=TIMEOUT)
-    client = _secured(server.port)
+    client = starttls_client(server.port, strict_eof=True)
     client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     commands = b"NOOP\r\n" * 1_000_000
 

@@ -9,6 +9,7 @@ the next one instead of exiting. Each connection still has a thread to itself fo
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -59,6 +60,10 @@ class ThreadPool(Generic[T]):
             self._queue.put(None)
 
     def _run(self, item: T | None) -> None:
+        if hasattr(signal, "pthread_sigmask"):
+            # Signals for the process must reach the main thread: delivered to a thread of ours, they would
+            # leave the main thread asleep in its accept loop's select(), their Python handler never run.
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         while item is not None:
             self._work(item)
             item = self._next()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import pytest
@@ -61,3 +62,21 @@ def test_pool_runs_items_concurrently_and_idle_threads_time_out(
         thread.join(5)
         assert not thread.is_alive()
     assert pool._idle == 0
+
+
+def test_pool_threads_leave_signals_to_the_main_thread() -> None:
+    masks: list[set[signal.Signals]] = []
+    done = threading.Event()
+
+    def work(_: int) -> None:
+        masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        done.set()
+
+    pool: ThreadPool[int] = ThreadPool(work, "test")
+    pool.submit(1)
+    assert done.wait(5)
+    pool.close()
+    assert {signal.SIGINT, signal.SIGTERM} <= masks[0]
+    assert signal.SIGINT not in signal.pthread_sigmask(
+        signal.SIG_BLOCK, []
+    )  # this thread is untouched

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-__all__ = ["ThreadPool"]
+__all__ = ["ThreadPool", "leave_signals_to_the_main_thread"]
 
 T = TypeVar("T")
 
@@ -22,6 +22,16 @@ T = TypeVar("T")
 IDLE_SECONDS = 30.0
 #: At most this many threads wait idle; one that finishes beyond that exits at once.
 MAX_IDLE = 64
+
+
+def leave_signals_to_the_main_thread() -> None:
+    """Block every signal in the calling (helper) thread.
+
+    Signals for the process must reach the main thread: delivered to a helper thread, they would leave the
+    main thread asleep in its accept loop's select(), their Python handler never run.
+    """
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
 
 
 class ThreadPool(Generic[T]):
@@ -60,10 +70,7 @@ class ThreadPool(Generic[T]):
             self._queue.put(None)
 
     def _run(self, item: T | None) -> None:
-        if hasattr(signal, "pthread_sigmask"):
-            # Signals for the process must reach the main thread: delivered to a thread of ours, they would
-            # leave the main thread asleep in its accept loop's select(), their Python handler never run.
-            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        leave_signals_to_the_main_thread()
         while item is not None:
             self._work(item)
             item = self._next()

@@ -26,7 +26,7 @@ import time
 from types import TracebackType
 from typing import Any, Self
 
-from ._blocking_pool import ThreadPool
+from ._blocking_pool import ThreadPool, leave_signals_to_the_main_thread
 from ._hooks import Hook
 from ._options import ServerOptions
 from ._pump import run_session
@@ -104,7 +104,9 @@ class SMTPServer:
         self._accept_loop_done = threading.Event()
         self._close_started = False
         self._serving = False
-        self._resolver = concurrent.futures.ThreadPoolExecutor(4, "smtpproto-dns")
+        self._resolver = concurrent.futures.ThreadPoolExecutor(
+            4, "smtpproto-dns", initializer=leave_signals_to_the_main_thread
+        )
         self._runner = _Runner(self._resolver)
 
     @property

@@ -57,10 +57,11 @@ class ProtocolConnection(ReadQueue):
         self,
         state: ServerState,
         read_buffer: memoryview,
+        loop: asyncio.AbstractEventLoop,
         remote: tuple[str, int],
         local: tuple[str, int],
     ) -> None:
-        super().__init__(read_buffer)
+        super().__init__(read_buffer, loop)
         self.remote_address, self.remote_port = remote
         self.local_address, self.local_port = local
         self._state = state
@@ -146,7 +147,7 @@ class ProtocolConnection(ReadQueue):
         if self._tls is not None:
             return await self._receive_tls(max_bytes, timeout)
         if not self._chunks and not self._eof:
-            await self._wait_readable(timeout)
+            await self._readable(timeout)
         return self._take(max_bytes)
 
     async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
@@ -233,7 +234,7 @@ class _PlainStream(ByteStream):
     async def receive(self, max_bytes: int = 65536) -> bytes:
         connection = self._connection
         if not connection._chunks and not connection._eof:
-            await connection._wait_readable(None)  # the TLS receive's own cancel scope times it
+            await connection._readable(None)  # the TLS receive's own cancel scope times it
         try:
             data = connection._take(max_bytes)
         except OSError as exc:

@@ -3,7 +3,7 @@
 :class:`ReadQueue` is an :class:`asyncio.BufferedProtocol` that stays registered for reading for the whole
 connection: the transport reads into a buffer shared by all the server's connections, :meth:`buffer_updated`
 copies what arrived out of it at once into a queue of chunks, and the session's one task takes them with
-:meth:`ReadQueue._take`, after :meth:`ReadQueue._wait_readable` when the queue is empty. Reading pauses while
+:meth:`ReadQueue._take`, after awaiting :meth:`ReadQueue._readable` when the queue is empty. Reading pauses while
 too much waits in the queue (TCP back-pressure), and a single timer per connection times out the waits.
 """
 
@@ -22,9 +22,9 @@ _LOW_WATER = 64 * 1024
 class ReadQueue(asyncio.BufferedProtocol):
     """Received chunks queued for one task; subclasses add the sending, TLS and closing of their backend."""
 
-    def __init__(self, read_buffer: memoryview) -> None:
+    def __init__(self, read_buffer: memoryview, loop: asyncio.AbstractEventLoop) -> None:
         self._read_buffer = read_buffer
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop  # passed in: asyncio.get_running_loop() costs a getpid() system call
         self._transport: asyncio.Transport | None = None
         self._chunks: collections.deque[bytes] = collections.deque()  # received, not yet taken
         self._queued = 0  # octets in _chunks
@@ -82,15 +82,15 @@ class ReadQueue(asyncio.BufferedProtocol):
 
     # -- waiting and taking ---------------------------------------------------------------------------
 
-    async def _wait_readable(self, timeout: float | None) -> None:
-        """Wait until a chunk or the end of the stream is there (TimeoutError after ``timeout``)."""
-        self._waiter = self._loop.create_future()
+    def _readable(self, timeout: float | None) -> asyncio.Future[None]:
+        """A future to await until a chunk or the end of the stream is there (TimeoutError after ``timeout``).
+
+        A plain function returning the future, not a coroutine: this wait happens for every command.
+        """
+        waiter = self._waiter = self._loop.create_future()
         if timeout is not None:
             self._arm_timer(timeout)
-        try:
-            await self._waiter
-        finally:
-            self._waiter = self._timed = None
+        return waiter
 
     def _arm_timer(self, timeout: float) -> None:
         """Time out the wait that starts now after ``timeout`` seconds.

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import smtpproto
 from smtpproto import Reply
@@ -182,53 +184,88 @@ class _Pump:
         return Reply(554, f"{self.server.hostname} {text}")
 
     async def _loop(self) -> None:
+        handlers = _HANDLERS
         while True:
-            event = await self._next()
-            if isinstance(event, smtpproto.ConnectionClosed):
+            event = self._poll()
+            if event is smtpproto.NEED_DATA:
+                await self._fill()
+                continue
+            if event is self.closed_event:
                 await self._flush()
                 return
-            if not await self._handle(event):
+            handler = handlers.get(type(event))
+            if handler is None:
+                self.log.debug("ignoring event %r", event)
+                continue
+            # A handler that needs no hook acts at once and returns None; one that runs a hook (or the TLS
+            # handshake) returns a coroutine: awaiting it says whether the session goes on.
+            pending = handler(self, event)
+            if pending is not None and not await pending:
                 return
 
-    async def _handle(self, event: object) -> bool:
-        """Act on one event; False ends the session at once (without flushing)."""
-        session, conn = self.session, self.conn
-        if isinstance(event, smtpproto.Hello):
-            session.opening_command = event.command
-            session.host_name_appears_as = event.hostname.lower()
-            session.reset_transaction()
-        elif isinstance(event, smtpproto.MailFrom):
-            address = Address(event.address, event.args)
-            if await self._decide(self.hooks.on_mail_from, "on_mail_from", address, session):
-                session.envelope = Envelope(mail_from=address)
-        elif isinstance(event, smtpproto.RcptTo):
-            address = Address(event.address, event.args)
-            if await self._decide(self.hooks.on_rcpt_to, "on_rcpt_to", address, session):
-                session.envelope.rcpt_to.append(address)
-        elif isinstance(event, smtpproto.DataStart):
-            conn.accept()
-            await self._message()
-        elif isinstance(event, smtpproto.Reset):
-            session.reset_transaction()
-        elif isinstance(event, smtpproto.Verify):
-            conn.accept()
-        elif isinstance(event, smtpproto.Quit | smtpproto.DataChunk | smtpproto.DataEnd):
-            pass  # QUIT: the core answered; data events only arrive inside _message
-        elif isinstance(event, smtpproto.StartTLS):
-            await self._flush()  # the 220 must go out in plaintext before the handshake
-            if not await self._handshake():
-                return False
-        elif isinstance(event, smtpproto.AuthRequest):
-            await self._authenticate(event)
-        elif isinstance(event, smtpproto.XClient):
-            session.apply_xclient(event)
-            conn.accept()
-        elif isinstance(event, smtpproto.XForward):
-            session.apply_xforward(event)
-            conn.accept()
-        else:
-            self.log.debug("ignoring event %r", event)
+    # -- events -------------------------------------------------------------------------------------------
+
+    def _hello(self, event: smtpproto.Hello) -> None:
+        session = self.session
+        session.opening_command = event.command
+        session.host_name_appears_as = event.hostname.lower()
+        session.reset_transaction()
+
+    def _mail_from(self, event: smtpproto.MailFrom) -> Awaitable[bool] | None:
+        address = Address(event.address, event.args)
+        if self.hooks.on_mail_from is None:
+            self.conn.accept()
+            self.session.envelope = Envelope(mail_from=address)
+            return None
+        return self._ask_mail_from(address)
+
+    async def _ask_mail_from(self, address: Address) -> bool:
+        if await self._decide(self.hooks.on_mail_from, "on_mail_from", address, self.session):
+            self.session.envelope = Envelope(mail_from=address)
         return True
+
+    def _rcpt_to(self, event: smtpproto.RcptTo) -> Awaitable[bool] | None:
+        address = Address(event.address, event.args)
+        if self.hooks.on_rcpt_to is None:
+            self.conn.accept()
+            self.session.envelope.rcpt_to.append(address)
+            return None
+        return self._ask_rcpt_to(address)
+
+    async def _ask_rcpt_to(self, address: Address) -> bool:
+        if await self._decide(self.hooks.on_rcpt_to, "on_rcpt_to", address, self.session):
+            self.session.envelope.rcpt_to.append(address)
+        return True
+
+    async def _data_start(self, event: smtpproto.DataStart) -> bool:
+        self.conn.accept()
+        await self._message()
+        return True
+
+    def _reset(self, event: smtpproto.Reset) -> None:
+        self.session.reset_transaction()
+
+    def _verify(self, event: smtpproto.Verify) -> None:
+        self.conn.accept()
+
+    def _nothing(self, event: object) -> None:
+        """QUIT: the core answered; data events only arrive inside _message."""
+
+    async def _start_tls(self, event: smtpproto.StartTLS) -> bool:
+        await self._flush()  # the 220 must go out in plaintext before the handshake
+        return await self._handshake()
+
+    async def _auth(self, event: smtpproto.AuthRequest) -> bool:
+        await self._authenticate(event)
+        return True
+
+    def _xclient(self, event: smtpproto.XClient) -> None:
+        self.session.apply_xclient(event)
+        self.conn.accept()
+
+    def _xforward(self, event: smtpproto.XForward) -> None:
+        self.session.apply_xforward(event)
+        self.conn.accept()
 
     # -- I/O ----------------------------------------------------------------------------------------------
 
@@ -252,12 +289,12 @@ class _Pump:
                 continue
             if event is smtpproto.NEED_DATA:
                 return event
+            if type(event) is smtpproto.ConnectionClosed:
+                self.closed_event = event
+                break
             if event is smtpproto.PAUSED:
                 raise RuntimeError("the core waits for a decision the pump did not make")
-            if isinstance(event, smtpproto.ConnectionClosed):
-                self.closed_event = event
-            else:
-                return event
+            return event
         return self.closed_event
 
     async def _fill(self) -> None:
@@ -282,7 +319,8 @@ class _Pump:
             self.log.info("connection lost: %s", exc)
             self.broken = True
             data = b""
-        self.commands.received(data)
+        if self.commands.enabled:
+            self.commands.received(data)
         self.conn.receive_data(data)
 
     async def _flush(self) -> None:
@@ -294,7 +332,8 @@ class _Pump:
     async def _write(self, data: bytes) -> None:
         if self.broken:
             return
-        self.commands.sent(data)
+        if self.commands.enabled:
+            self.commands.sent(data)
         try:
             await self.transport.send(data)
         except OSError as exc:
@@ -423,3 +462,21 @@ class _Pump:
             self.log.error("on_data returned %d outcomes for %d recipients", len(result), owed)
             return [INTERNAL_ERROR] * owed
         return [outcome] * owed
+
+
+#: What the session loop does with each kind of event (exact types: events are final classes).
+_HANDLERS: dict[type, Callable[[_Pump, Any], Awaitable[bool] | None]] = {
+    smtpproto.Hello: _Pump._hello,
+    smtpproto.MailFrom: _Pump._mail_from,
+    smtpproto.RcptTo: _Pump._rcpt_to,
+    smtpproto.DataStart: _Pump._data_start,
+    smtpproto.Reset: _Pump._reset,
+    smtpproto.Verify: _Pump._verify,
+    smtpproto.Quit: _Pump._nothing,
+    smtpproto.DataChunk: _Pump._nothing,
+    smtpproto.DataEnd: _Pump._nothing,
+    smtpproto.StartTLS: _Pump._start_tls,
+    smtpproto.AuthRequest: _Pump._auth,
+    smtpproto.XClient: _Pump._xclient,
+    smtpproto.XForward: _Pump._xforward,
+}

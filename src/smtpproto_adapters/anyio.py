@@ -262,9 +262,10 @@ class SMTPServer:
             return
         if self._read_buffer is None:
             self._read_buffer = memoryview(bytearray(READ_SIZE))
-        connection = ProtocolConnection(self._state, self._read_buffer, *addresses)
+        loop = asyncio.get_running_loop()
+        connection = ProtocolConnection(self._state, self._read_buffer, loop, *addresses)
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: connection, sock)
+            await loop.connect_accepted_socket(lambda: connection, sock)
         except OSError as exc:
             self._state.logger.info("connection lost before it started: %s", exc)
             sock.close()

@@ -81,7 +81,7 @@ class SMTPServer:
         loop = asyncio.get_running_loop()
         self._closed = self._closed or asyncio.Event()
         server = await loop.create_server(
-            lambda: _Connection(self),
+            lambda: _Connection(self, loop),
             host,
             port,
             backlog=1024,
@@ -135,9 +135,7 @@ class SMTPServer:
         await self.close()
 
     def _start(self, connection: _Connection) -> None:
-        task = asyncio.get_running_loop().create_task(
-            run_session(self._state, connection, self._runner)
-        )
+        task = connection._loop.create_task(run_session(self._state, connection, self._runner))
         self._connections.add(connection)
         self._tasks.add(task)
 
@@ -176,8 +174,8 @@ class _Connection(ReadQueue):
     local_address = ""
     local_port = 0
 
-    def __init__(self, server: SMTPServer) -> None:
-        super().__init__(server._read_buffer)
+    def __init__(self, server: SMTPServer, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(server._read_buffer, loop)
         self._server = server
         self._lost = self._loop.create_future()
         self._interrupted = False
@@ -221,7 +219,7 @@ class _Connection(ReadQueue):
         if self._interrupted:
             raise ShutdownRequested
         if not self._chunks and not self._eof:
-            await self._wait_readable(timeout)
+            await self._readable(timeout)
         return self._take(max_bytes)
 
     async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:

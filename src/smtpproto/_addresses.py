@@ -59,7 +59,9 @@ class AddressError(ValueError):
 
 _ATEXT_CLASS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_SIMPLE_PATH_RE = re.compile(rf"<({_ATEXT_CLASS}+(?:\.{_ATEXT_CLASS}+)*)@{_LABEL}(?:\.{_LABEL})*>")
+#: The everyday dot-atom@hostname mailbox; group 1 is the local part.
+SIMPLE_MAILBOX = rf"({_ATEXT_CLASS}+(?:\.{_ATEXT_CLASS}+)*)@{_LABEL}(?:\.{_LABEL})*"
+_SIMPLE_PATH_RE = re.compile(f"<{SIMPLE_MAILBOX}>")
 _SIMPLE_SPLIT_RE = re.compile(r'<[^<>"]*>')
 
 

@@ -7,6 +7,7 @@ Nothing here touches a socket, a clock or a thread.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,6 @@ from ._events import (
     PAUSED,
     AuthRequest,
     ConnectionClosed,
-    DataChunk,
     DataEnd,
     DataStart,
     Event,
@@ -36,6 +36,11 @@ from ._events import (
     Verify,
     XClient,
     XForward,
+    new_data_chunk,
+    new_data_end,
+    new_data_start,
+    new_mail_from,
+    new_rcpt_to,
 )
 from ._extensions import (
     auth_enabled,
@@ -67,6 +72,9 @@ from ._state import (
 __all__ = ["ServerConnection", "TLSDetails"]
 
 _S = SessionState
+# States as module globals: on Python 3.11 reading an Enum class attribute runs EnumType.__getattr__, about
+# ten times the cost of a global, and the state is checked several times per command.
+_GREETED, _READY, _CLOSED, _REFUSED = _S.GREETED, _S.READY, _S.CLOSED, _S.REFUSED
 _TRANSACTION_STATES = frozenset({_S.SENDER, _S.RECIPIENTS, _S.DATA})
 _HTTP_RE = re.compile(
     r"(?i)(?:GET|HEAD|POST|PUT|DELETE|OPTIONS|TRACE|CONNECT|PATCH) \S+ HTTP/\d(?:\.\d)?"
@@ -74,15 +82,19 @@ _HTTP_RE = re.compile(
 _HOSTNAME_BAD_RE = re.compile(r"[\x00-\x20\x7f-\x9f\u200b\u2060\ufeff]")
 
 
-class _Again:
+class _Again(enum.Enum):
     """Marker: a reader made progress without producing an event; run it again."""
 
+    AGAIN = "AGAIN"
 
-_AGAIN: Final = _Again()
-_ReadResult: TypeAlias = "Event | _Again | None"
+
+# Tested with ``is``: isinstance() against an Enum class takes the slow __instancecheck__ path.
+_AGAIN: Final = _Again.AGAIN
+_ReadResult: TypeAlias = "Event | Literal[_Again.AGAIN] | None"
 DecisionEvent: TypeAlias = (
     MailFrom | RcptTo | DataStart | DataEnd | Verify | AuthRequest | XClient | XForward
 )
+_Handler: TypeAlias = "Callable[[ServerConnection, str, SessionState], _ReadResult]"
 _NOT_ALLOWED = Reply(550, "Not allowed", "5.7.0")
 # RFC 4954 §6: with authentication required, these get 530 until AUTH succeeds.
 _NEEDS_AUTH = frozenset({Command.MAIL, Command.RCPT, Command.DATA, Command.VRFY})
@@ -110,6 +122,11 @@ _STANDARD_REPLIES: dict[type[DecisionEvent], tuple[Reply, Reply]] = {
     # Accepting XCLIENT answers with a fresh greeting instead (Postfix semantics).
     XClient: (Reply(220, "XCLIENT accepted"), _NOT_ALLOWED),
     XForward: (Reply(250, "OK", "2.0.0"), _NOT_ALLOWED),
+}
+
+#: The wire forms of the standard accept replies of the mail transaction events (see accept()).
+_TRANSACTION_ACCEPTS: dict[type[DecisionEvent], tuple[bytes, bytes]] = {
+    kind: _STANDARD_REPLIES[kind][0]._wire for kind in (MailFrom, RcptTo, DataStart, DataEnd)
 }
 
 
@@ -140,6 +157,7 @@ class _ConfigTables:
         "helo",
         "privacy_disabled",
         "quit",
+        "routes",
         "verbs",
     )
 
@@ -161,6 +179,19 @@ class _ConfigTables:
         self.quit = Reply(221, f"{config.hostname} Service closing transmission channel", "2.0.0")
         #: EHLO/LHLO replies by (secure, authenticated, XCLIENT done).
         self.ehlo: dict[tuple[bool, bool, bool], Reply] = {}
+        #: The hot path of dispatch: by state, each verb that goes straight to its handler, with the state
+        #: after it. Left out, for the full checks of _dispatch: NOOP, disabled and unimplemented commands,
+        #: and those out of sequence in that state.
+        self.routes: dict[SessionState, dict[str, tuple[_Handler, SessionState]]] = {
+            state: {
+                verb: (ServerConnection._HANDLERS[command], after)
+                for verb, command in verbs.items()
+                if command in ServerConnection._HANDLERS
+                and command not in privacy_disabled
+                and (after := TRANSITIONS.get((state, command))) is not None
+            }
+            for state in SessionState
+        }
 
 
 #: _ConfigTables by id(ServerConfig); bounded, since a server may derive a config per client.
@@ -204,11 +235,13 @@ class ServerConnection:
         self._tables = tables
         self._extensions = tables.extensions
         self._verbs = tables.verbs
+        self._routes = tables.routes
+        self._auth_required = cfg.auth_required
         self._privacy_disabled = tables.privacy_disabled
         self._reader: Callable[[], _ReadResult] = (
             self._read_proxy if cfg.use_proxy else self._read_command
         )
-        self._state = _S.REFUSED if cfg.refuse_service else _S.GREETED
+        self._state = _REFUSED if cfg.refuse_service else _GREETED
         self._eof = False
         self._aborted = False
         self._fatal: RemoteProtocolError | None = None
@@ -287,17 +320,21 @@ class ServerConnection:
             return
         if not data:
             self._eof = True
-        elif self._state is not _S.CLOSED and not self._tls_pending:
+        elif self._state is not _CLOSED and not self._tls_pending:
             # Nothing is read after QUIT or a 421, and plaintext that arrives while STARTTLS is being set up
-            # must never run inside the TLS session (CVE-2011-0411).
-            self._buffer.append(data)
+            # must never run inside the TLS session (CVE-2011-0411). This is ReceiveBuffer.append() without
+            # the call, since it runs for every read.
+            self._buffer.data += data
 
     def data_to_send(self) -> bytes:
         """The bytes to write to the client now (possibly empty)."""
-        self._flushed = self._flushed or bool(self._out)
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
+        out = self._out
+        if not out:
+            return b""
+        self._flushed = True
+        data = b"".join(out)
+        out.clear()
+        return data
 
     def next_event(self) -> Event | Literal[Sentinel.NEED_DATA, Sentinel.PAUSED]:
         """Process buffered input up to the next event.
@@ -311,9 +348,9 @@ class ServerConnection:
             raise error
         if self._awaiting is not None or self._tls_pending:
             return PAUSED
-        while self._state is not _S.CLOSED:
+        while self._state is not _CLOSED:
             result = self._reader()
-            if isinstance(result, _Again):
+            if result is _AGAIN:
                 continue
             if result is not None:
                 return result
@@ -321,7 +358,7 @@ class ServerConnection:
                 return NEED_DATA
             # The peer is gone: whatever is half-received is dropped, never executed.
             self._aborted = self._state in _TRANSACTION_STATES
-            self._state = _S.CLOSED
+            self._state = _CLOSED
         return ConnectionClosed(transaction_aborted=self._aborted)
 
     def send(self, reply: Reply) -> None:
@@ -345,6 +382,12 @@ class ServerConnection:
             raise LocalProtocolError(f"a 3xx reply does not answer {kind.__name__}")
         if reply.enhanced is None:
             reply = self._with_enhanced(reply, event)
+        self._answer(event, kind, reply, accepted)
+
+    def _answer(
+        self, event: DecisionEvent, kind: type[DecisionEvent], reply: Reply, accepted: bool
+    ) -> None:
+        """Carry out ``reply`` (checked, enhanced code filled in) to the waiting ``event`` of type ``kind``."""
         self._replies_owed -= 1
         if not self._replies_owed:
             self._awaiting = None
@@ -355,7 +398,7 @@ class ServerConnection:
             self._apply_xclient(event)
             return
         self._out.append(reply._wire[self._wire_form])
-        if code == 421:
+        if reply.code == 421:
             # RFC 5321 §3.8: a 421 says the server is closing the channel; nothing more is read.
             self._close()
             return
@@ -367,7 +410,7 @@ class ServerConnection:
         if self._replies_owed:
             return
         if kind is DataEnd:
-            self._end_transaction(_S.READY)
+            self._end_transaction(_READY)
         elif accepted and kind is not Verify:
             self._state = self._on_accept
             if kind is DataStart:
@@ -393,11 +436,35 @@ class ServerConnection:
         self._extensions = self._make_extensions()
         self._buffer.clear()
         self._user = None
-        self._end_transaction(_S.GREETED)
+        self._end_transaction(_GREETED)
 
     def accept(self) -> None:
         """Answer the waiting decision with its standard positive reply (e.g. ``250 2.1.0``, ``354``)."""
-        self.send(_STANDARD_REPLIES[type(self._require_awaiting())][0])
+        event = self._awaiting
+        if event is None:
+            raise LocalProtocolError("no reply is due: wait for a decision event")
+        kind = type(event)
+        wire = _TRANSACTION_ACCEPTS.get(kind)
+        if wire is None or self._replies_owed != 1:
+            # send()'s checks pass for the standard reply, and it needs no enhanced code filled in (it
+            # has one, or is a 354, or is XCLIENT's, which a fresh greeting replaces).
+            self._answer(event, kind, _STANDARD_REPLIES[kind][0], True)
+            return
+        # The hot path, for the events of every mail transaction: what _answer() does for them.
+        self._awaiting = None
+        self._replies_owed = 0
+        self._out.append(wire[self._wire_form])
+        if kind is DataEnd:
+            self._end_transaction(_READY)
+            return
+        self._state = self._on_accept
+        if kind is RcptTo:
+            self._recipients += 1
+        elif kind is DataStart:
+            self._start_data()
+        else:
+            assert isinstance(event, MailFrom)
+            self._transaction_utf8 = event.args.get("SMTPUTF8") is True
 
     def reject(
         self, code: int | None = None, text: str | None = None, enhanced: str | None = None
@@ -418,7 +485,7 @@ class ServerConnection:
 
         Any decision still waiting is dropped, and an open transaction counts as aborted.
         """
-        if self._state is _S.CLOSED:
+        if self._state is _CLOSED:
             return
         if self._tls_pending:
             # The 220 to STARTTLS is the last reply queued. Still here, it is replaced by the 421; once
@@ -490,7 +557,7 @@ class ServerConnection:
         self._on_accept = on_accept
         return event
 
-    def _error(self, reply: Reply) -> _Again:
+    def _error(self, reply: Reply) -> Literal[_Again.AGAIN]:
         """Answer a client mistake, counting it against the error limit."""
         self._errors += 1
         if self._errors >= self.config.max_errors:
@@ -505,7 +572,7 @@ class ServerConnection:
         self._aborted = self._state in _TRANSACTION_STATES
         self._awaiting = None
         self._replies_owed = 0
-        self._state = _S.CLOSED
+        self._state = _CLOSED
 
     def _fail(self, reply: Reply) -> NoReturn:
         """End the session because of the peer: queue ``reply`` and raise."""
@@ -547,14 +614,23 @@ class ServerConnection:
         if self._discarding_line or len(line) + len(line_end) > limit:
             self._discarding_line = False
             return self._error(Reply(500, "Line too long", "5.5.6"))
+        is_ascii = line.isascii()
+        text = line.decode("ascii") if is_ascii else line.decode("utf-8", "surrogateescape")
+        # CR and LF are looked for in the text, where they decode to themselves: ``in`` on bytes first tries
+        # its operand as an int, at the cost of a formatted TypeError each time.
         if self._reject_bare:
-            if b"\n" in line or b"\r" in line:
+            if "\n" in text or "\r" in text:
                 return self._error(Reply(500, "Bare CR or LF in command line", "5.5.2"))
-        elif line.endswith(b"\r"):
-            line = line[:-1]  # the CR of a CRLF, when LF alone ends lines
-        if line.isascii():
-            return self._dispatch(line.decode("ascii"))
-        return self._dispatch(line.decode("utf-8", "surrogateescape"))
+        elif text.endswith("\r"):
+            text = text[:-1]  # the CR of a CRLF, when LF alone ends lines
+        if is_ascii:
+            # The hot path: a verb that may run now, and no authentication pending, goes straight to its
+            # handler; everything else (and any non-ASCII line) takes the full checks of _dispatch.
+            verb, _, argument = text.partition(" ")
+            route = self._routes[self._state].get(verb.upper())
+            if route is not None and not (self._auth_required and self._user is None):
+                return route[0](self, argument, route[1])
+        return self._dispatch(text)
 
     def _dispatch(self, line: str) -> _ReadResult:
         verb, argument = split_command(line)
@@ -577,12 +653,12 @@ class ServerConnection:
         # succeeds, ahead of RCPT's and DATA's "need MAIL" (reached only by authenticating anyway).
         needs_auth = command in _NEEDS_AUTH and self.config.auth_required and self._user is None
         if after is None:
-            if command is Command.DATA and self._buffer and self._state is not _S.REFUSED:
+            if command is Command.DATA and self._buffer and self._state is not _REFUSED:
                 # Text pipelined behind a DATA that cannot succeed would run as commands (PIPE-05,
                 # SMUG-07). In LMTP a DATA without recipients MUST get 503 (RFC 2033 §4.2). A refused
                 # session can open no transaction, and must wait for QUIT (RFC 5321 §3.1).
                 self._fail(self._sync_reply(503 if self.config.lmtp else 554))
-            if needs_auth and self._state is _S.READY:
+            if needs_auth and self._state is _READY:
                 return self._queue_again(Reply(530, "Authentication required", "5.7.0"))
             return self._error(Reply(503, sequence_error(self._state, command), "5.5.1"))
         if needs_auth:
@@ -608,7 +684,7 @@ class ServerConnection:
         return True
 
     def _no_argument(self, argument: str, command: str) -> Reply | None:
-        return Reply(501, f"Syntax: {command} (no arguments)", "5.5.4") if argument else None
+        return _no_argument_reply(command) if argument else None
 
     def _hello(self, command: str, argument: str) -> _ReadResult:
         hostname = argument.strip(" ").split(" ", 1)[0]
@@ -616,7 +692,7 @@ class ServerConnection:
             return self._error(Reply(501, f"Syntax: {command} hostname", "5.5.4"))
         if len(hostname) > 255 or _HOSTNAME_BAD_RE.search(hostname):
             return self._error(Reply(501, "Bad hostname syntax", "5.5.4"))
-        self._end_transaction(_S.READY)
+        self._end_transaction(_READY)
         tables = self._tables
         if command == "HELO":
             reply = tables.helo
@@ -643,37 +719,33 @@ class ServerConnection:
 
     def _mail(self, argument: str, after: SessionState) -> _ReadResult:
         try:
-            parsed = parse_mail(argument, self._extensions)
+            address, args = parse_mail(argument, self._extensions)
         except CommandError as exc:
             return self._refuse(exc.reply)
-        return self._decide(
-            MailFrom(address=parsed.address, args=MappingProxyType(parsed.args)), after
-        )
+        return self._decide(new_mail_from(address, MappingProxyType(args)), after)
 
     def _rcpt(self, argument: str, after: SessionState) -> _ReadResult:
         try:
-            parsed = parse_rcpt(argument, self._extensions, utf8=self._transaction_utf8)
+            address, args = parse_rcpt(argument, self._extensions, utf8=self._transaction_utf8)
         except CommandError as exc:
             return self._refuse(exc.reply)
         if self._recipients >= self.config.max_recipients:
             self._queue(Reply(452, "Too many recipients", "4.5.3"))
             return _AGAIN
-        return self._decide(
-            RcptTo(address=parsed.address, args=MappingProxyType(parsed.args)), after
-        )
+        return self._decide(new_rcpt_to(address, MappingProxyType(args)), after)
 
-    def _refuse(self, reply: Reply) -> _Again:
+    def _refuse(self, reply: Reply) -> Literal[_Again.AGAIN]:
         # Syntax errors count against the error limit; policy refusals (552 size, 530, 553) do not.
         return self._error(reply) if reply.code in (500, 501) else self._queue_again(reply)
 
-    def _queue_again(self, reply: Reply) -> _Again:
+    def _queue_again(self, reply: Reply) -> Literal[_Again.AGAIN]:
         self._queue(reply)
         return _AGAIN
 
     def _data(self, argument: str, after: SessionState) -> _ReadResult:
-        if error := self._no_argument(argument, "DATA"):
-            return self._error(error)
-        return self._decide(DataStart(), after)
+        if argument:  # tested here rather than with _no_argument(): DATA comes with every message
+            return self._error(_no_argument_reply("DATA"))
+        return self._decide(new_data_start(), after)
 
     def _rset(self, argument: str, after: SessionState) -> _ReadResult:
         if error := self._no_argument(argument, "RSET"):
@@ -687,7 +759,7 @@ class ServerConnection:
             return self._error(error)
         self._queue(self._tables.quit)
         self._aborted = self._state in _TRANSACTION_STATES
-        self._state = _S.CLOSED
+        self._state = _CLOSED
         return Quit()
 
     def _vrfy(self, argument: str, after: SessionState) -> _ReadResult:
@@ -776,9 +848,9 @@ class ServerConnection:
 
     def _read_auth_line(self) -> _ReadResult:
         line = self._take_auth_line()
-        return line if line is None or isinstance(line, _Again) else self._sasl_step(line)
+        return line if line is None or line is _AGAIN else self._sasl_step(line)
 
-    def _take_auth_line(self) -> str | _Again | None:
+    def _take_auth_line(self) -> str | Literal[_Again.AGAIN] | None:
         """The next SASL response line, or None; an over-long one ends the exchange with 500 5.5.6."""
         line = self._buffer.take_line(self._line_end)
         if line is None:
@@ -833,7 +905,7 @@ class ServerConnection:
 
     def _read_auth_refusal_ack(self) -> _ReadResult:
         line = self._take_auth_line()
-        if line is None or isinstance(line, _Again):
+        if line is None or line is _AGAIN:
             return line
         refusal, self._auth_refusal = self._auth_refusal, None
         assert refusal is not None
@@ -850,7 +922,7 @@ class ServerConnection:
         try:
             header = read_proxy_header(self._buffer.data)
         except ProxyHeaderError as exc:
-            self._state = _S.CLOSED
+            self._state = _CLOSED
             # Not an SMTP client (yet): nothing is said, the connection just closes.
             raise RemoteProtocolError(f"bad PROXY header: {exc}", None) from None
         if header is None:
@@ -874,7 +946,7 @@ class ServerConnection:
         self._xclient_addr = self._xclient_addr or event.addr is not None
         special = (None, "[UNAVAILABLE]", "[TEMPUNAVAIL]")
         self._user = event.login if event.login not in special else None
-        self._end_transaction(_S.GREETED)
+        self._end_transaction(_GREETED)
         self._queue(self._greeting())
 
     def _xforward(self, argument: str, after: SessionState) -> _ReadResult:
@@ -886,9 +958,7 @@ class ServerConnection:
             return self._error(Reply(501, exc.reason, "5.5.4"))
         return self._decide(event, after)
 
-    _HANDLERS: Final[
-        dict[Command, Callable[[ServerConnection, str, SessionState], _ReadResult]]
-    ] = {
+    _HANDLERS: Final[dict[Command, _Handler]] = {
         Command.HELO: _helo,
         Command.EHLO: _ehlo,
         Command.LHLO: _lhlo,
@@ -908,7 +978,11 @@ class ServerConnection:
     # -- data mode ----------------------------------------------------------------------------------------
 
     def _start_data(self) -> None:
-        self._dot = DotReader(self.config.line_endings)
+        # One reader per connection, reset for each message: cheaper than a new one each time.
+        if self._dot is None:
+            self._dot = DotReader(self.config.line_endings)
+        else:
+            self._dot.reset()
         self._data_size = 0
         self._data_finished = False
         self._reader = self._read_data
@@ -922,7 +996,7 @@ class ServerConnection:
         if content:
             self._data_size += len(content)
             if not self._data_refused(dot):
-                return DataChunk(data=content)
+                return new_data_chunk(content)
         if self._data_finished:
             return self._end_data(dot)
         return _AGAIN if content else None
@@ -930,34 +1004,37 @@ class ServerConnection:
     def _data_refused(self, dot: DotReader) -> bool:
         limit = self.config.max_message_size
         return (limit is not None and self._data_size > limit) or (
-            dot.bare_line_ending and self.config.line_endings is LineEndings.REJECT
+            dot.bare_line_ending and self._reject_bare
         )
 
     def _end_data(self, dot: DotReader) -> DataEnd:
         self._buffer.rescan()
         self._reader = self._read_command
-        self._dot = None
         limit = self.config.max_message_size
         exceeded = limit is not None and self._data_size > limit
         refusal = None
         if exceeded:
             refusal = Reply(552, f"Message exceeds fixed maximum message size {limit}", "5.3.4")
-        elif dot.bare_line_ending and self.config.line_endings is LineEndings.REJECT:
+        elif dot.bare_line_ending and self._reject_bare:
             refusal = Reply(550, "Bare CR or LF in message data (possible SMTP smuggling)", "5.5.2")
         replies = self._recipients if self.config.lmtp else 1
-        event = DataEnd(size=self._data_size, size_exceeded=exceeded, refusal=refusal)
+        event = new_data_end(self._data_size, exceeded, refusal)
         if refusal is None:
-            self._decide(event, _S.READY, replies)
+            self._decide(event, _READY, replies)
             return event
         for _ in range(replies):
             self._queue(refusal)
-        self._end_transaction(_S.READY)
+        self._end_transaction(_READY)
         return event
 
     def _end_transaction(self, state: SessionState) -> None:
         self._state = state
         self._recipients = 0
         self._transaction_utf8 = False
+
+
+def _no_argument_reply(command: str) -> Reply:
+    return Reply(501, f"Syntax: {command} (no arguments)", "5.5.4")
 
 
 def _has_surrogates(text: str) -> bool:

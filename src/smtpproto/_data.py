@@ -91,6 +91,12 @@ class DotReader:
         # cost of a 3-byte find, where counting b"\n", b"\r" and b"\r\n" would cost twice a find.
         self._newlines = IncrementalNewlineDecoder(None, translate=False)
 
+    def reset(self) -> None:
+        """Start over for the next message, as a new reader with the same policy would."""
+        self.bare_line_ending = False
+        self._at_start = True
+        self._finished = False
+
     def read(self, buf: bytearray) -> tuple[bytes, bool]:
         """Consume from the front of ``buf`` everything that can be decided now; return (content, finished).
 
@@ -127,6 +133,10 @@ class DotReader:
             if not cut:
                 return b"", False
         if cut == len(buf):
+            content = bytes(buf)
+        elif consumed == len(buf):
+            # The marker ends the buffer (the usual last read): drop it in place, copy the rest once.
+            del buf[cut:]
             content = bytes(buf)
         else:
             # Through a memoryview the slice is copied once, not twice (bytearray slice, then bytes).

@@ -9,10 +9,10 @@ meant to be subclassed. The SASL, PROXY and XCLIENT/XFORWARD events are defined 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from ._proxy import ProxyHeader, XClient, XForward
 from ._replies import Reply
@@ -178,3 +178,64 @@ Event: TypeAlias = (
     | XForward
     | ConnectionClosed
 )
+
+
+# -- private fast constructors ---------------------------------------------------------------------------
+# The connection builds the events of every mail transaction through these. A frozen dataclass's generated
+# __init__ goes through type.__call__ with keywords and sets each field with object.__setattr__, several
+# times the cost of setting the slots directly; the objects are the same (same class, same fields).
+
+_new = object.__new__
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    """The ``__set__`` of the slot behind a field: it bypasses the frozen ``__setattr__``."""
+    setter: Callable[[Any, Any], None] = vars(cls)[name].__set__
+    return setter
+
+
+_MAIL_ADDRESS = _slot_setter(MailFrom, "address")
+_MAIL_ARGS = _slot_setter(MailFrom, "args")
+_RCPT_ADDRESS = _slot_setter(RcptTo, "address")
+_RCPT_ARGS = _slot_setter(RcptTo, "args")
+_CHUNK_DATA = _slot_setter(DataChunk, "data")
+_END_SIZE = _slot_setter(DataEnd, "size")
+_END_SIZE_EXCEEDED = _slot_setter(DataEnd, "size_exceeded")
+_END_REFUSAL = _slot_setter(DataEnd, "refusal")
+
+
+def new_mail_from(address: str, args: Mapping[str, str | bool]) -> MailFrom:
+    """``MailFrom(address=address, args=args)``, faster."""
+    event = _new(MailFrom)
+    _MAIL_ADDRESS(event, address)
+    _MAIL_ARGS(event, args)
+    return event
+
+
+def new_rcpt_to(address: str, args: Mapping[str, str | bool]) -> RcptTo:
+    """``RcptTo(address=address, args=args)``, faster."""
+    event = _new(RcptTo)
+    _RCPT_ADDRESS(event, address)
+    _RCPT_ARGS(event, args)
+    return event
+
+
+def new_data_start() -> DataStart:
+    """``DataStart()``, faster."""
+    return _new(DataStart)
+
+
+def new_data_chunk(data: bytes) -> DataChunk:
+    """``DataChunk(data=data)``, faster."""
+    event = _new(DataChunk)
+    _CHUNK_DATA(event, data)
+    return event
+
+
+def new_data_end(size: int, size_exceeded: bool, refusal: Reply | None) -> DataEnd:
+    """``DataEnd(size=size, size_exceeded=size_exceeded, refusal=refusal)``, faster."""
+    event = _new(DataEnd)
+    _END_SIZE(event, size)
+    _END_SIZE_EXCEEDED(event, size_exceeded)
+    _END_REFUSAL(event, refusal)
+    return event

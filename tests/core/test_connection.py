@@ -197,6 +197,36 @@ def test_an_accepted_reply_without_enhanced_code_gets_the_standard_one() -> None
     assert after_greeting(out) == ["250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0"]
 
 
+_STANDARD_ACCEPTS = {
+    MailFrom: Reply(250, "Sender accepted", "2.1.0"),
+    RcptTo: Reply(250, "Recipient accepted", "2.1.5"),
+    DataStart: Reply(354, "End data with <CR><LF>.<CR><LF>"),
+    DataEnd: Reply(250, "Message accepted", "2.0.0"),
+}
+
+
+@pytest.mark.parametrize("lmtp", [False, True], ids=["SMTP", "LMTP"])
+def test_send_with_the_standard_reply_does_what_accept_does(lmtp: bool) -> None:
+    # accept() takes a short path of its own for these events; send() must lead to the same session.
+    transaction = (
+        b"MAIL FROM:<a@b.test> SMTPUTF8\r\nRCPT TO:<\xc3\xbc@b.test>\r\nRCPT TO:<c@d.test>\r\n"
+        b"DATA\r\nhi\r\n.\r\n"
+    )
+    data = (b"LHLO client.test\r\n" if lmtp else EHLO) + transaction * 2 + b"QUIT\r\n"
+    config = ServerConfig(lmtp=lmtp)
+
+    def standard(event: object) -> list[Reply]:
+        # LMTP answers the end of data once per recipient.
+        return [_STANDARD_ACCEPTS[type(event)]] * (2 if lmtp and isinstance(event, DataEnd) else 1)
+
+    sent = session(data, config, decide=standard)
+    assert sent == session(data, config)
+    transaction_replies = ["250 2.1.0", "250 2.1.5", "250 2.1.5", "354"] + ["250 2.0.0"] * (
+        2 if lmtp else 1
+    )
+    assert after_greeting(sent[0]) == ["250", *transaction_replies * 2, "221 2.0.0"]
+
+
 @pytest.mark.parametrize(
     ("data", "kind", "aborted"),
     [

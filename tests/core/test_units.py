@@ -34,6 +34,13 @@ from smtpproto import (
     SMTPError,
     Verify,
 )
+from smtpproto._events import (
+    new_data_chunk,
+    new_data_end,
+    new_data_start,
+    new_mail_from,
+    new_rcpt_to,
+)
 from smtpproto._extensions import capabilities, enhanced_codes, smtputf8_offered
 from smtpproto._proxy import XCLIENT_ATTRIBUTES, XFORWARD_ATTRIBUTES
 from smtpproto._receivebuffer import ReceiveBuffer
@@ -480,6 +487,27 @@ def test_event_defaults() -> None:
     assert Hello(command="EHLO", hostname="c").extended
     assert Hello(command="LHLO", hostname="c").extended
     assert not Hello(command="HELO", hostname="c").extended
+
+
+def test_the_fast_event_constructors_build_the_same_events() -> None:
+    # The connection builds the transaction events without their dataclass __init__ (see _events.py).
+    args = MappingProxyType({"SIZE": "10"})
+    refusal = Reply(552, "Too big", "5.3.4")
+    pairs = [
+        (new_mail_from("a@b.test", args), MailFrom(address="a@b.test", args=args)),
+        (new_rcpt_to("x@y.test", args), RcptTo(address="x@y.test", args=args)),
+        (new_data_start(), DataStart()),
+        (new_data_chunk(b"body"), DataChunk(data=b"body")),
+        (new_data_end(4, True, refusal), DataEnd(size=4, size_exceeded=True, refusal=refusal)),
+    ]
+    for fast, slow in pairs:
+        assert type(fast) is type(slow)
+        assert fast == slow
+        assert repr(fast) == repr(slow)
+        for field in dataclasses.fields(slow):
+            assert getattr(fast, field.name) is getattr(slow, field.name)
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(fast, field.name, None)
 
 
 def test_sentinels() -> None:

@@ -1,9 +1,12 @@
 """The blocking backend's connection threads: one thread per connection, kept for the next connection.
 
-Starting a thread costs the accept loop a handshake with the new thread (``Thread.start`` waits until it
-runs, which under the GIL means a switch) and the kernel a stack mapping; with one message per connection
-that was a large share of the server's CPU. Here a thread that finished its connection waits a while for
-the next one instead of exiting. Each connection still has a thread to itself for its whole life.
+Starting a thread costs a handshake with the new thread (``Thread.start`` waits until it runs, which under
+the GIL means a switch) and the kernel a stack mapping; with one message per connection that was a large
+share of the server's CPU. Here a thread that finished its connection waits a while for the next one
+instead of exiting. Each connection still has a thread to itself for its whole life.
+
+:class:`AcceptingPool` (Linux): idle threads wait in ``accept()`` themselves. :class:`ThreadPool`
+(elsewhere): an accept loop hands each connection to an idle thread.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-__all__ = ["ThreadPool", "leave_signals_to_the_main_thread"]
+__all__ = ["AcceptingPool", "ThreadPool", "leave_signals_to_the_main_thread"]
 
 T = TypeVar("T")
 
@@ -90,3 +93,93 @@ class ThreadPool(Generic[T]):
                         self._idle -= 1
                         return None
                 # A submit counted on this thread and is about to put its item: take it.
+
+
+class AcceptingPool(Generic[T]):
+    """Leader/follower threads for one listener: idle threads wait in ``accept()`` themselves.
+
+    The kernel wakes one waiting thread per connection, and that thread serves it: no accept loop, and no
+    hand-off from it to a pool thread (a selector wait, a queue put and a thread wake-up per connection,
+    about a fifth of the server's CPU with one message per connection). Before serving, the thread makes
+    sure that another one waits in ``accept()``, starting one if none does. ``accept()`` returns None when
+    it got nothing: its timeout ran out (the caller bounds it by :data:`IDLE_SECONDS`), it failed, or
+    :meth:`close` ended it. :data:`MAX_IDLE` and :data:`IDLE_SECONDS` apply as in :class:`ThreadPool`, but
+    one thread always waits, until :meth:`close`.
+    """
+
+    def __init__(
+        self, accept: Callable[[], T | None], work: Callable[[T], None], name: str
+    ) -> None:
+        self._accept = accept
+        self._work = work
+        self._name = name
+        self._lock = threading.Lock()
+        self._all_out = threading.Condition(self._lock)
+        #: Threads in accept(), or on their way to it.
+        self._waiting = 0
+        self._closed = False
+
+    def start(self) -> None:
+        """Start the first waiting thread."""
+        with self._lock:
+            self._waiting += 1
+        if not self._start_thread():
+            raise RuntimeError("cannot start the first accepting thread")
+
+    def close(self, wake: Callable[[], None]) -> None:
+        """Stop accepting: ``wake()`` must end every wait in ``accept()``, present and future.
+
+        Returns once no thread is in ``accept()`` (so the listener may be closed); threads still serving
+        exit when they finish.
+        """
+        with self._lock:
+            self._closed = True
+        wake()
+        with self._lock:
+            self._all_out.wait_for(lambda: self._waiting == 0)
+
+    def _start_thread(self) -> bool:
+        """Start a thread that was already counted in ``_waiting``; on failure, uncount it."""
+        try:
+            threading.Thread(target=self._run, name=self._name, daemon=True).start()
+        except (
+            RuntimeError
+        ):  # "can't start new thread": serve on; the next free thread accepts again
+            self._leave()
+            return False
+        return True
+
+    def _leave(self) -> None:
+        """A thread counted in ``_waiting`` will not (or no longer) wait in accept()."""
+        with self._lock:
+            self._waiting -= 1
+            self._all_out.notify_all()
+
+    def _run(self) -> None:
+        leave_signals_to_the_main_thread()
+        while True:
+            try:
+                item = self._accept()
+            except BaseException:
+                self._leave()  # or close() would wait for this thread forever
+                raise
+            with self._lock:
+                if item is None:
+                    # Closed, or idle for IDLE_SECONDS while another thread waits too: leave. The last one
+                    # stays, or nobody would accept.
+                    if self._closed or self._waiting > 1:
+                        self._waiting -= 1
+                        self._all_out.notify_all()
+                        return
+                    continue
+                self._waiting -= 1
+                follower = self._waiting == 0 and not self._closed
+                if follower:
+                    self._waiting += 1
+            if follower:
+                self._start_thread()
+            self._work(item)
+            with self._lock:
+                if self._closed or self._waiting >= MAX_IDLE:
+                    return
+                self._waiting += 1

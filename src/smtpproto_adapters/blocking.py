@@ -3,7 +3,8 @@
 The shared async pump runs synchronously here (see ``smtpproto_adapters._transport.drive``): the
 transport below and the hook runner are ``async def`` functions that never suspend. Hooks are plain
 functions and run in the connection's thread. That thread is kept for a later connection once this one
-ends (see ``smtpproto_adapters._blocking_pool``), so ``threading.local`` data can outlive a session.
+ends, and on Linux it accepts that connection itself (see ``smtpproto_adapters._blocking_pool``), so
+``threading.local`` data can outlive a session.
 
 Usage::
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import selectors
 import socket
 import ssl
@@ -26,7 +28,8 @@ import time
 from types import TracebackType
 from typing import Any, Self
 
-from ._blocking_pool import ThreadPool, leave_signals_to_the_main_thread
+from . import _blocking_pool
+from ._blocking_pool import AcceptingPool, ThreadPool, leave_signals_to_the_main_thread
 from ._hooks import Hook
 from ._options import ServerOptions
 from ._pump import run_session
@@ -45,6 +48,11 @@ _HOOK_GRACE = 5.0
 #: the poll() of a socket timeout, the recv(). Linux only: elsewhere the kernel's timeout options and
 #: shutdown wake-ups differ, so sockets wait in a selector with the server's wake-up socket, as TLS ones do.
 _WAIT_IN_RECV = sys.platform.startswith("linux")
+
+#: Session threads wait in accept() on the listening socket themselves (leader/follower, see
+#: ``AcceptingPool``), ended by the listener's SO_RCVTIMEO and by shutdown() at close. Linux only, for those
+#: two: elsewhere the calling thread accepts in a selector loop and hands each connection to a ThreadPool.
+_ACCEPT_IN_SESSION_THREADS = sys.platform.startswith("linux")
 
 
 class _Wakeup:
@@ -140,12 +148,15 @@ class SMTPServer:
         listener = socket.create_server(
             address[:2], family=family, backlog=1024, reuse_port=self.options.reuse_port
         )
-        listener.setblocking(False)
         self._listeners.append(listener)
         self._state.logger.info("listening on %s", listener.getsockname())
 
     def serve_forever(self) -> None:
-        """Accept connections in the calling thread until :meth:`close` is called (from another thread)."""
+        """Serve connections until :meth:`close` is called (from another thread).
+
+        On Linux the session threads accept the connections themselves and the calling thread only waits,
+        free for signal handlers; elsewhere it runs the accept loop.
+        """
         if not self._listeners:
             raise RuntimeError("call listen() first")
         with self._lock:
@@ -154,28 +165,65 @@ class SMTPServer:
         if closing:  # close() won the race: nothing to serve
             self._closed.wait()
             return
+        try:
+            if _ACCEPT_IN_SESSION_THREADS:
+                self._accept_in_session_threads()
+            else:
+                self._accept_loop()
+        finally:
+            # Also when a signal handler raised: no thread may go on accepting, nor close() wait for this.
+            self._stop_accepting.set()
+            self._close_listeners()
+            self._accept_loop_done.set()
+        self._closed.wait()
+
+    def _accept_loop(self) -> None:
         with selectors.DefaultSelector() as selector:
             for listener in self._listeners:
+                listener.setblocking(False)
                 selector.register(listener, selectors.EVENT_READ)
             selector.register(self._stop_accepting.fileobj(), selectors.EVENT_READ)
             while not self._stop_accepting.flag.is_set():
                 for key, _ in selector.select():
                     if key.fileobj is self._stop_accepting.fileobj():
                         break
-                    self._accept(key.fileobj)  # type: ignore[arg-type]
-        self._close_listeners()
-        self._accept_loop_done.set()
-        self._closed.wait()
+                    transport = self._accept(key.fileobj)  # type: ignore[arg-type]
+                    if transport is not None:
+                        self._pool.submit(transport)
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _accept_in_session_threads(self) -> None:
+        pools: list[tuple[socket.socket, AcceptingPool[_SocketTransport]]] = []
+        try:
+            for listener in self._listeners:
+                # Blocking, and SO_RCVTIMEO bounds an idle thread's accept(). Accepted sockets inherit the
+                # option, but the transport sets its own.
+                listener.setblocking(True)
+                timeval = _timeval(_blocking_pool.IDLE_SECONDS)
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+                accept = functools.partial(self._accept, listener)
+                pool = AcceptingPool(accept, self._serve, "smtpproto-session")
+                pools.append((listener, pool))
+                pool.start()
+            self._stop_accepting.flag.wait()
+        finally:
+            self._stop_accepting.set()  # so that _accept takes the shutdown for what it is
+            for listener, pool in pools:
+                # shutdown() ends every wait in accept() (EINVAL), and any later one at once. Closing the
+                # socket would not, and must wait until no thread is in accept() with its descriptor.
+                pool.close(functools.partial(_shutdown, listener))
+
+    def _accept(self, listener: socket.socket) -> _SocketTransport | None:
         try:
             sock, peer = listener.accept()
         except (BlockingIOError, InterruptedError):
-            return  # another thread or a reset connection got there first
+            # Another thread or a reset connection got there first, or an idle thread's SO_RCVTIMEO ran out.
+            return None
         except OSError as exc:  # e.g. EMFILE: log and keep serving
+            if self._stop_accepting.flag.is_set():
+                return None  # the listener was shut down (EINVAL)
             self._state.logger.error("accept failed: %s", exc)
             time.sleep(0.05)
-            return
+            return None
         if sock.gettimeout() is not None:  # only with a socket.setdefaulttimeout()
             sock.setblocking(True)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -184,12 +232,12 @@ class SMTPServer:
         except OSError as exc:  # the client is already gone
             self._state.logger.info("connection lost before it started: %s", exc)
             sock.close()
-            return
+            return None
         with self._lock:
             self._sessions[transport] = None
             if self._kill.flag.is_set():
                 transport.wake()
-        self._pool.submit(transport)
+        return transport
 
     def _serve(self, transport: _SocketTransport) -> None:
         with self._lock:
@@ -424,6 +472,11 @@ def _timeval(timeout: float | None) -> bytes:
     seconds = int(timeout)
     micros = max(int((timeout - seconds) * 1_000_000), 0 if seconds else 1)
     return struct.pack("@ll", seconds, micros)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _address(sockaddr: Any) -> tuple[str, int]:

@@ -71,7 +71,9 @@ def test_close_421s_idle_plain_and_tls_sessions(start_server) -> None:
     assert len(rec.closed) == 2
 
 
-def test_session_threads_are_reused() -> None:
+def test_session_threads_are_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The accept loop's pool (session threads that accept are in test_blocking_threads).
+    monkeypatch.setattr(blocking, "_ACCEPT_IN_SESSION_THREADS", False)
     threads: list[int] = []
 
     class Handler:

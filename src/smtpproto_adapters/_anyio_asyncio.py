@@ -6,14 +6,13 @@ checkpoints: together most of the anyio server's cost per command over the async
 instead is the transport's :class:`asyncio.BufferedProtocol`, registered for reading for its whole life, as
 the asyncio backend's is; it uses only public asyncio and anyio API. A wait is a bare future: anyio's cancel
 scopes still cancel it (they cancel the task), and the idle timeout is one timer per connection, not a task.
-STARTTLS and implicit TLS go through ``anyio.streams.tls.TLSStream`` over this same connection (see
-:class:`_PlainStream`), as on anyio's own streams.
+STARTTLS and implicit TLS go through ``loop.start_tls`` as on the asyncio backend (anyio's ``TLSStream`` over
+this connection cost twice the CPU per command), so after the handshake this protocol receives plaintext.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
 from typing import Any, Protocol, cast
@@ -72,10 +71,6 @@ class ProtocolConnection(ReadQueue):
         self._interrupted = False
         self._sending = False
         self._closed = False
-        #: After STARTTLS (or implicit TLS): the TLS stream every receive and send goes through.
-        self._tls: TLSStream | None = None
-        self._tls_started = False
-        self._receive_scope: anyio.CancelScope | None = None
         #: The whole session; cancelled by kill().
         self.scope = anyio.CancelScope()
 
@@ -84,11 +79,15 @@ class ProtocolConnection(ReadQueue):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's transports have the same methods but are no asyncio.Transport.
         self._transport = cast(asyncio.Transport, transport)
+        if self._state.options.secure:
+            # Nothing may be read before start_tls takes over the socket, or the ClientHello is lost.
+            self._transport.pause_reading()
 
     def eof_received(self) -> bool:
         self._eof = True
         self._wake()
-        return True  # keep the transport open for writing: a client may half-close right after QUIT
+        # Keep a plaintext transport open for writing: a client may half-close right after QUIT.
+        return not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -130,10 +129,9 @@ class ProtocolConnection(ReadQueue):
     def interrupt(self) -> None:
         """Ask the session to end: its current or next receive raises ShutdownRequested."""
         self._interrupted = True
-        if self._receive_scope is not None:
-            self._receive_scope.cancel()
-        elif not self._tls_started:  # a handshake in progress runs on to its own timeout
-            self._wake(ShutdownRequested())
+        # A handshake in progress runs on to its own timeout (it waits on no future of ours); the receive after
+        # it raises ShutdownRequested.
+        self._wake(ShutdownRequested())
 
     def kill(self) -> None:
         """Cancel the session wherever it is (its cleanup still runs, shielded and bounded)."""
@@ -144,21 +142,14 @@ class ProtocolConnection(ReadQueue):
     async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
         if self._interrupted:
             raise ShutdownRequested
-        if self._tls is not None:
-            return await self._receive_tls(max_bytes, timeout)
         if not self._chunks and not self._eof:
             await self._readable(timeout)
         return self._take(max_bytes)
 
     async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
-        # Whatever arrives beyond max_bytes stays queued here, and the TLS stream reads it from the same queue.
-        return await self.receive(max_bytes, timeout)
-
-    async def _receive_tls(self, max_bytes: int, timeout: float | None) -> bytes:
-        assert self._tls is not None
-        # A timer cannot end this wait: an error from below would break the TLS stream, which still has to
-        # send the 421. Cancelling loses nothing (TLSStream and this connection keep unread data buffered).
-        return await receive_in_scope(self, self._tls, max_bytes, timeout)
+        if self._interrupted:
+            raise ShutdownRequested
+        return await self._read_bounded(max_bytes, timeout)
 
     async def send(self, data: bytes) -> None:
         # One task at a time: a plain flag catches a second writer (a bug) as SendGuard does, for less.
@@ -167,10 +158,6 @@ class ProtocolConnection(ReadQueue):
         self._sending = True
         try:
             # A cancelled or timed-out send leaves the stream broken; the pump never writes again after it.
-            if self._tls is not None:
-                with anyio.fail_after(self._timeout):
-                    await self._tls.send(data)
-                return
             transport = self._write_now(data)
             if self._writing_paused:
                 with anyio.fail_after(self._timeout):
@@ -181,20 +168,7 @@ class ProtocolConnection(ReadQueue):
             self._sending = False
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float | None) -> TLSInfo:
-        self._tls_started = True
-        if not self._state.options.secure:
-            # After STARTTLS, anything still queued came before the 220 went out (this connection writes
-            # without yielding): plaintext to drop, never to decrypt. With implicit TLS it is the ClientHello.
-            self._drop_queued()
-        try:
-            with anyio.fail_after(timeout):
-                stream = await TLSStream.wrap(
-                    _PlainStream(self), server_side=True, ssl_context=context
-                )
-        except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-            raise ConnectionResetError(_reason(exc)) from exc
-        self._tls = stream
-        return tls_stream_info(stream, self._state)
+        return await self._start_tls(context, timeout, self._state.tls)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -207,61 +181,15 @@ class ProtocolConnection(ReadQueue):
         if transport is None or self._lost:
             return
         grace = min(self._timeout, _CLOSE_GRACE)
-        if self._tls is not None:
-            # Shielded, so that a cancelled session still says goodbye; bounded, because TLSStream waits for
-            # the client's close_notify. It closes the transport itself.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
-                try:
-                    await self._tls.aclose()
-                except (anyio.BrokenResourceError, OSError) as exc:
-                    self._state.logger.debug("closing the connection: %s", exc)
-        transport.close()
-        if self._lost or transport.get_write_buffer_size() == 0:
+        transport.close()  # after TLS: sends our close_notify and waits for the client's
+        if self._lost or (not self._tls and transport.get_write_buffer_size() == 0):
             return  # the transport releases the socket on the next loop turn
-        # Replies still queued: give the client a bounded time to take them.
+        # Replies still queued, or the TLS shutdown: give the client a bounded time, shielded, so that a
+        # cancelled session still says goodbye.
         self._abort_handle = self._loop.call_later(grace, transport.abort)
         self._closed_waiter = self._loop.create_future()
         with anyio.CancelScope(shield=True):
             await self._closed_waiter
-
-
-class _PlainStream(ByteStream):
-    """The connection's plaintext as an anyio byte stream, for ``TLSStream`` to run over."""
-
-    def __init__(self, connection: ProtocolConnection) -> None:
-        self._connection = connection
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        connection = self._connection
-        if not connection._chunks and not connection._eof:
-            await connection._readable(None)  # the TLS receive's own cancel scope times it
-        try:
-            data = connection._take(max_bytes)
-        except OSError as exc:
-            raise anyio.BrokenResourceError from exc
-        if not data:
-            raise anyio.EndOfStream
-        return data
-
-    async def send(self, item: bytes) -> None:
-        connection = self._connection
-        try:
-            transport = connection._write_now(item)
-            if connection._writing_paused:
-                await connection._drain(transport)
-        except OSError as exc:
-            raise anyio.BrokenResourceError from exc
-
-    async def send_eof(self) -> None:
-        transport = self._connection._transport
-        if transport is not None and transport.can_write_eof():
-            with contextlib.suppress(OSError):
-                transport.write_eof()
-
-    async def aclose(self) -> None:
-        transport = self._connection._transport
-        if transport is not None:
-            transport.close()
 
 
 def tls_stream_info(stream: TLSStream, state: ServerState) -> TLSInfo:

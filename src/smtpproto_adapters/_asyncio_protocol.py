@@ -11,6 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
+from typing import TYPE_CHECKING
+
+from ._session import TLSInfo
+from ._transport import tls_info
+
+if TYPE_CHECKING:
+    from ._tls import TLSSetup
 
 __all__ = ["ReadQueue"]
 
@@ -38,6 +46,8 @@ class ReadQueue(asyncio.BufferedProtocol):
         self._timed: asyncio.Future[None] | None = None  # the wait that the timer times
         self._wait_started = 0.0
         self._wait_timeout = 0.0
+        #: Whether the transport is the TLS transport of loop.start_tls.
+        self._tls = False
 
     # -- asyncio.BufferedProtocol ---------------------------------------------------------------------
 
@@ -60,6 +70,9 @@ class ReadQueue(asyncio.BufferedProtocol):
         self._writing_paused = False
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection_ended(exc)
 
     def _connection_ended(self, exc: Exception | None) -> None:
         """What every connection_lost does: stop the timer, end the stream, wake every waiter."""
@@ -133,10 +146,98 @@ class ReadQueue(asyncio.BufferedProtocol):
             raise ConnectionResetError(str(self._error) or type(self._error).__name__)
         return b""
 
-    def _drop_queued(self) -> None:
-        """Forget what was received and not taken (the plaintext before a STARTTLS handshake)."""
+    # -- TLS ------------------------------------------------------------------------------------------
+
+    async def _read_bounded(self, max_bytes: int, timeout: float | None) -> bytes:
+        """One read of at most ``max_bytes`` octets, leaving the rest in the kernel (a PROXY header before
+        implicit TLS: what follows it is the ClientHello, for :meth:`_start_tls` to read).
+
+        The transport hands this protocol whatever one recv() got (up to 256 KiB), which would swallow the
+        ClientHello, and start_tls drops it. A BufferedProtocol is read into the buffer it provides instead,
+        so for this one read :class:`_BoundedRead` stands in, with a buffer of exactly ``max_bytes``, and
+        stops the transport's reading as soon as it has its octets.
+        """
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        reader = _BoundedRead(self, transport, max_bytes)
+        self._waiter = self._loop.create_future()
+        handle = None
+        if timeout is not None:
+            handle = self._loop.call_later(timeout, self._wake, TimeoutError())
+        transport.set_protocol(reader)
+        transport.resume_reading()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+            transport.pause_reading()  # start_tls resumes it, with its own protocol in place
+            transport.set_protocol(self)
+        if reader.data:
+            return reader.data
+        if self._error is not None:
+            raise ConnectionResetError(str(self._error))
+        return b""
+
+    async def _start_tls(
+        self, context: ssl.SSLContext, timeout: float | None, setup: TLSSetup | None
+    ) -> TLSInfo:
+        """The server side of a TLS handshake with ``loop.start_tls``; this protocol then reads plaintext.
+
+        For implicit TLS the transport must have been paused from the start, so that the ClientHello is still
+        in the kernel.
+        """
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        # Plaintext received after STARTTLS is never decrypted or passed on (the core drops its copy too).
         self._chunks.clear()
         self._queued = 0
-        if self._reading_paused and self._transport is not None:
-            self._reading_paused = False
-            self._transport.resume_reading()
+        self._reading_paused = False
+        try:
+            new = await self._loop.start_tls(
+                transport, self, context, server_side=True, ssl_handshake_timeout=timeout
+            )
+        except BaseException:
+            # The transport now belongs to its SSL protocol, which never reports a loss during the handshake
+            # to us: without this, closing would wait for a connection_lost that does not come.
+            transport.close()
+            self.connection_lost(None)
+            raise
+        if new is None:
+            self.connection_lost(None)
+            raise ConnectionResetError("connection closed during the TLS handshake")
+        self._transport, self._tls = new, True
+        ssl_object = new.get_extra_info("ssl_object")
+        return tls_info(ssl_object, setup.servername(ssl_object) if setup else None)
+
+
+class _BoundedRead(asyncio.BufferedProtocol):
+    """The protocol of a connection for one read of at most ``size`` octets (see ``_read_bounded``).
+
+    The transport reads into :meth:`get_buffer`'s buffer, so never more than ``size`` octets; the first read
+    pauses the transport before it can read again. End of stream and loss go on to the connection.
+    """
+
+    def __init__(self, connection: ReadQueue, transport: asyncio.Transport, size: int) -> None:
+        self._connection = connection
+        self._transport = transport
+        self._buffer = bytearray(size)
+        #: What the read got; empty until then.
+        self.data = b""
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self._buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._transport.pause_reading()
+        self.data = bytes(self._buffer[:nbytes])
+        self._connection._wake()
+
+    def eof_received(self) -> bool:
+        return bool(self._connection.eof_received())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection.connection_lost(exc)

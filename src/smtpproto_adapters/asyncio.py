@@ -23,7 +23,7 @@ from ._pump import READ_SIZE, run_session
 from ._server import ServerState, Statistics, build_options
 from ._session import TLSInfo
 from ._stream import AsyncStream, MessageSource
-from ._transport import ShutdownRequested, tls_info
+from ._transport import ShutdownRequested
 
 __all__ = ["SMTPServer"]
 
@@ -179,7 +179,6 @@ class _Connection(ReadQueue):
         self._server = server
         self._lost = self._loop.create_future()
         self._interrupted = False
-        self._tls = False
         self._sending = False  # a send is waiting for the transport to drain
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------
@@ -223,35 +222,9 @@ class _Connection(ReadQueue):
         return self._take(max_bytes)
 
     async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
-        # The transport hands this Protocol whatever one recv() got (up to 256 KiB), which would swallow the
-        # ClientHello behind a PROXY header, and start_tls drops it. A BufferedProtocol is read into the
-        # buffer it provides instead, so for this one read _BoundedRead stands in, with a buffer of exactly
-        # max_bytes, and stops the transport's reading as soon as it has its octets.
         if self._interrupted:
             raise ShutdownRequested
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("connection closed")
-        reader = _BoundedRead(self, transport, max_bytes)
-        self._waiter = self._loop.create_future()
-        handle = None
-        if timeout is not None:
-            handle = self._loop.call_later(timeout, self._wake, TimeoutError())
-        transport.set_protocol(reader)
-        transport.resume_reading()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-            if handle is not None:
-                handle.cancel()
-            transport.pause_reading()  # start_tls resumes it, with its own protocol in place
-            transport.set_protocol(self)
-        if reader.data:
-            return reader.data
-        if self._error is not None:
-            raise ConnectionResetError(str(self._error))
-        return b""
+        return await self._read_bounded(max_bytes, timeout)
 
     async def send(self, data: bytes) -> None:
         transport = self._transport
@@ -273,30 +246,7 @@ class _Connection(ReadQueue):
                 raise ConnectionResetError("connection closed")
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float | None) -> TLSInfo:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("connection closed")
-        # Plaintext received after STARTTLS is never decrypted or passed on (the core drops its copy too).
-        self._chunks.clear()
-        self._queued = 0
-        self._reading_paused = False
-        try:
-            new = await self._loop.start_tls(
-                transport, self, context, server_side=True, ssl_handshake_timeout=timeout
-            )
-        except BaseException:
-            # The transport now belongs to its SSL protocol, which never reports a loss during the handshake
-            # to us: without this, aclose() would wait for a connection_lost that does not come.
-            transport.close()
-            self.connection_lost(None)
-            raise
-        if new is None:
-            self.connection_lost(None)
-            raise ConnectionResetError("connection closed during the TLS handshake")
-        self._transport, self._tls = new, True
-        ssl_object = new.get_extra_info("ssl_object")
-        tls = self._server._state.tls
-        return tls_info(ssl_object, tls.servername(ssl_object) if tls else None)
+        return await self._start_tls(context, timeout, self._server._state.tls)
 
     async def aclose(self) -> None:
         transport = self._transport
@@ -321,32 +271,3 @@ class _Connection(ReadQueue):
             await self._lost
         finally:
             handle.cancel()
-
-
-class _BoundedRead(asyncio.BufferedProtocol):
-    """The protocol of a connection for one read of at most ``size`` octets (see ``receive_before_tls``).
-
-    The transport reads into :meth:`get_buffer`'s buffer, so never more than ``size`` octets; the first read
-    pauses the transport before it can read again. End of stream and loss go on to the connection.
-    """
-
-    def __init__(self, connection: _Connection, transport: asyncio.Transport, size: int) -> None:
-        self._connection = connection
-        self._transport = transport
-        self._buffer = bytearray(size)
-        #: What the read got; empty until then.
-        self.data = b""
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return memoryview(self._buffer)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._transport.pause_reading()
-        self.data = bytes(self._buffer[:nbytes])
-        self._connection._wake()
-
-    def eof_received(self) -> bool:
-        return bool(self._connection.eof_received())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._connection.connection_lost(exc)

@@ -176,6 +176,20 @@ class Accumulator:
         return b"".join(self.parts)
 
 
+def linux_only_mode(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, switch: str, linux_mode: str
+) -> str:
+    """For a fixture parametrized over two ways the blocking backend works: set its module flag ``switch`` to
+    whether ``request.param`` is ``linux_mode`` (a way it has on Linux only, skipped elsewhere)."""
+    from smtpproto_adapters import blocking
+
+    mode: str = request.param
+    if mode == linux_mode and not getattr(blocking, switch):
+        pytest.skip(f"{linux_mode} is for Linux")
+    monkeypatch.setattr(blocking, switch, mode == linux_mode)
+    return mode
+
+
 def _sync_wait(result: Any) -> Any:
     if isinstance(result, Pause):
         if result.until is not None:

@@ -8,6 +8,7 @@ socket, and any socket elsewhere, waits in a selector. The timeout and close tes
 from __future__ import annotations
 
 import smtplib
+import ssl
 import threading
 import time
 from typing import Any
@@ -16,18 +17,30 @@ import pytest
 
 from smtpproto_adapters import blocking
 
-from .clients import RawClient, starttls_client, wait_until
-from .conftest import BACKENDS, Backend, Recorder
+from .clients import MemoryTLSClient, RawClient, starttls_client, unverified_context, wait_until
+from .conftest import BACKENDS, Backend, Recorder, linux_only_mode
 from .test_connections import (
     test_client_stalled_mid_data_times_out,
     test_close_lets_a_message_finish_and_421s_the_idle,
     test_idle_client_times_out,
 )
+from .test_trio_tls_sockets import (
+    test_a_handshake_that_never_comes_times_out,
+    test_a_large_message_over_tls,
+    test_a_tls_client_that_never_reads_its_replies_is_cut_off,
+    test_close_reaches_an_idle_tls_session,
+    test_idle_tls_session_gets_its_421_and_close_notify,
+)
 
 __all__ = [
+    "test_a_handshake_that_never_comes_times_out",
+    "test_a_large_message_over_tls",
+    "test_a_tls_client_that_never_reads_its_replies_is_cut_off",
     "test_client_stalled_mid_data_times_out",
     "test_close_lets_a_message_finish_and_421s_the_idle",
+    "test_close_reaches_an_idle_tls_session",
     "test_idle_client_times_out",
+    "test_idle_tls_session_gets_its_421_and_close_notify",
 ]
 
 
@@ -38,11 +51,7 @@ def backend() -> Backend:
 
 @pytest.fixture(autouse=True, params=["recv", "selector"])
 def wait_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    mode: str = request.param
-    if mode == "recv" and not blocking._WAIT_IN_RECV:
-        pytest.skip("waiting in recv() is for Linux")
-    monkeypatch.setattr(blocking, "_WAIT_IN_RECV", mode == "recv")
-    return mode
+    return linux_only_mode(request, monkeypatch, "_WAIT_IN_RECV", "recv")
 
 
 def test_idle_tls_client_times_out(start_server) -> None:
@@ -91,3 +100,59 @@ def test_session_threads_are_reused(monkeypatch: pytest.MonkeyPatch) -> None:
     serving.join(5)
     assert len(threads) == 3
     assert len(set(threads)) == 1
+
+
+# -- TLS over memory BIOs: the socket waits as a plain one does, OpenSSL decrypts what one recv() brought --
+
+
+def test_tls_records_that_arrive_together_or_in_pieces(start_server) -> None:
+    rec = Recorder()
+    server = start_server(rec, secure=True)
+    client = MemoryTLSClient(server.port, b"")
+    assert client.reply()[0] == 220
+    # Three records in one TCP write: the later two are served from memory, without a recv().
+    for line in (b"EHLO c.test\r\n", b"NOOP\r\n", b"NOOP\r\n"):
+        client.tls.write(line)
+    client.sock.sendall(client._outgoing.read())
+    assert client.reply()[0] == 250
+    assert [client.reply()[0] for _ in range(2)] == [250, 250]
+    # One record cut in two writes: the first recv() brings half a record, the next one the rest.
+    client.tls.write(b"NOOP\r\n")
+    record = client._outgoing.read()
+    client.sock.sendall(record[:4])
+    time.sleep(0.2)
+    client.sock.sendall(record[4:])
+    assert client.reply()[0] == 250
+    client.expect("QUIT", 221)
+    client.close()
+    rec.wait_closed()
+
+
+def test_close_during_a_handshake_lets_it_finish_then_421s(start_server) -> None:
+    rec = Recorder()
+    server = start_server(rec, close_timeout=0.2)
+    client = RawClient(server.port)
+    assert client.reply()[0] == 220
+    client.expect("EHLO c.test", 250)
+    client.expect("STARTTLS", 220)
+    server.begin_close()
+    time.sleep(0.6)  # the server gave up waiting and woke its idle sessions: not this handshake
+    client.start_tls(unverified_context())
+    assert isinstance(client.sock, ssl.SSLSocket)
+    client.sock.suppress_ragged_eofs = False
+    assert client.reply() == (421, ["4.3.2 mx.test Service shutting down"])
+    assert client.at_eof()  # with the server's close_notify: a ragged EOF would raise SSLEOFError
+    client.close()
+    assert server.closed.wait(5)
+
+
+def test_the_clients_close_notify_ends_the_session(start_server) -> None:
+    rec = Recorder()
+    server = start_server(rec)
+    client = starttls_client(server.port)
+    client.expect("NOOP", 250)
+    assert isinstance(client.sock, ssl.SSLSocket)
+    plain = client.sock.unwrap()  # sends close_notify and waits for the server's
+    plain.close()
+    rec.wait_closed()
+    assert server.statistics().connections_active == 0

@@ -21,7 +21,7 @@ from smtpproto_adapters import _blocking_pool, blocking
 from smtpproto_adapters._blocking_pool import leave_signals_to_the_main_thread
 
 from .clients import RawClient, wait_until
-from .conftest import BACKENDS, Backend
+from .conftest import BACKENDS, Backend, linux_only_mode
 from .test_connections import (
     test_close_lets_a_message_finish_and_421s_the_idle,
     test_close_never_cuts_off_an_accepted_message,
@@ -46,11 +46,7 @@ def backend() -> Backend:
 
 @pytest.fixture(autouse=True, params=["threads", "loop"])
 def accept_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    mode: str = request.param
-    if mode == "threads" and not blocking._ACCEPT_IN_SESSION_THREADS:
-        pytest.skip("session threads accept on Linux only")
-    monkeypatch.setattr(blocking, "_ACCEPT_IN_SESSION_THREADS", mode == "threads")
-    return mode
+    return linux_only_mode(request, monkeypatch, "_ACCEPT_IN_SESSION_THREADS", "threads")
 
 
 class _Nothing:

@@ -54,6 +54,9 @@ _WAIT_IN_RECV = sys.platform.startswith("linux")
 #: two: elsewhere the calling thread accepts in a selector loop and hands each connection to a ThreadPool.
 _ACCEPT_IN_SESSION_THREADS = sys.platform.startswith("linux")
 
+#: How much one recv() under TLS takes off the kernel's buffer: several 16 KiB records at once.
+_TLS_READ_SIZE = 65536
+
 
 class _Wakeup:
     """A flag that can also wake a selector (a socketpair that becomes readable once set)."""
@@ -332,12 +335,17 @@ class _Runner:
 
 
 class _SocketTransport:
-    """The pump's Transport over a blocking socket (an SSLSocket after STARTTLS).
+    """The pump's Transport over a blocking socket; TLS runs in memory over that same socket.
 
     A plain socket on Linux stays in blocking mode with the kernel's SO_RCVTIMEO/SO_SNDTIMEO as its
     timeouts: a receive is a single recv() that the idle timeout ends with EAGAIN and the server's close
-    ends with EOF (see :meth:`wake`). A TLS socket (and any socket elsewhere) waits in a selector on the
-    socket and the server's wake-up socket, then reads under a socket timeout.
+    ends with EOF (see :meth:`wake`). Elsewhere it waits in a selector on the socket and the server's
+    wake-up socket, then reads under a socket timeout.
+
+    TLS is an ``ssl.SSLObject`` over memory BIOs, not an ``SSLSocket``: the socket keeps waiting as above,
+    one recv() fetches every record the kernel holds, and OpenSSL decrypts them from memory. An SSLSocket
+    cannot wait in recv() (CPython retries SSL_read forever on a blocking socket), so it needed the
+    selector, a socket timeout's poll() and a recv() per record header and body.
     """
 
     def __init__(self, sock: socket.socket, peer: Any, server: SMTPServer) -> None:
@@ -352,11 +360,18 @@ class _SocketTransport:
         #: descriptor may belong to a new connection by then) or one in a TLS handshake.
         self._lock = threading.Lock()
         self._closed = False
+        self._handshaking = False
         self._selector: selectors.BaseSelector | None = None
         #: What SO_RCVTIMEO is, while the socket waits in recv().
         self._recv_timeout: float | None = None
         #: The socket's own (Python) timeout, while it waits in a selector.
         self._sock_timeout: float | None = None
+        #: After start_tls: the TLS connection and its two memory BIOs (records in, records out).
+        self._tls: ssl.SSLObject | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        #: Whether OpenSSL holds no decrypted bytes that a read() would return (see receive()).
+        self._tls_drained = False
         if _WAIT_IN_RECV:
             try:
                 self._set_recv_timeout(self._send_timeout)
@@ -386,9 +401,34 @@ class _SocketTransport:
             self._sock_timeout = timeout
 
     async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
-        kill = self._kill.flag
-        if kill.is_set():
+        if self._kill.flag.is_set():
             raise ShutdownRequested
+        tls = self._tls
+        if tls is None:
+            return self._receive_raw(max_bytes, timeout)
+        while True:
+            # Each SSL_read releases the GIL, a costly hand-off among busy session threads: skip the one that
+            # could only fail, when OpenSSL has no decrypted bytes left and no record is waiting in memory.
+            if not self._tls_drained or self._incoming.pending:
+                try:
+                    data = tls.read(max_bytes)
+                except ssl.SSLWantReadError:  # no whole record in memory: fetch more
+                    self._tls_drained = True
+                except ssl.SSLZeroReturnError:  # the client's close_notify
+                    return b""
+                else:
+                    # A short read ends OpenSSL's record: it reads records from the BIO one by one.
+                    self._tls_drained = len(data) < max_bytes
+                    if self._outgoing.pending:  # e.g. a TLS 1.3 KeyUpdate's answer
+                        self._send_raw(self._outgoing.read())
+                    return data
+            records = self._receive_raw(_TLS_READ_SIZE, timeout)
+            if not records:  # EOF without close_notify: an end of stream, as SSLSocket takes it
+                return b""
+            self._incoming.write(records)
+
+    def _receive_raw(self, max_bytes: int, timeout: float | None) -> bytes:
+        kill = self._kill.flag
         sock = self._sock
         if self._selector is None:
             if timeout != self._recv_timeout:
@@ -402,58 +442,91 @@ class _SocketTransport:
             if kill.is_set():  # wake() ends the recv() with EOF
                 raise ShutdownRequested
             return data
-        if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
-            # Wait for data, the idle timeout, or the server's shutdown signal, whichever comes first.
-            ready = self._selector.select(timeout)
-            if kill.is_set():
-                raise ShutdownRequested
-            if not ready:
-                raise TimeoutError
-        self._set_sock_timeout(timeout)  # an incomplete TLS record must not block forever either
+        # Wait for data, the idle timeout, or the server's shutdown signal, whichever comes first.
+        ready = self._selector.select(timeout)
+        if kill.is_set():
+            raise ShutdownRequested
+        if not ready:
+            raise TimeoutError
+        self._set_sock_timeout(timeout)
         return sock.recv(max_bytes)
 
     async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
         # A plain socket's recv(n) takes at most n octets off the kernel's buffer and nothing is buffered
-        # here, so everything after them is still there for wrap_socket's handshake.
+        # here, so everything after them is still there for the handshake.
         return await self.receive(max_bytes, timeout)
 
     async def send(self, data: bytes) -> None:
         with self._guard:
-            if self._selector is not None:  # else SO_SNDTIMEO bounds it
-                self._set_sock_timeout(self._send_timeout)
-            self._sock.sendall(data)
+            if self._tls is not None:
+                self._tls.write(data)  # never blocks: the records go to memory
+                data = self._outgoing.read()
+            self._send_raw(data)
+
+    def _send_raw(self, data: bytes) -> None:
+        if self._selector is not None:  # else SO_SNDTIMEO bounds it
+            self._set_sock_timeout(self._send_timeout)
+        self._sock.sendall(data)
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float | None) -> TLSInfo:
-        with self._lock:  # from here on wake() leaves the socket alone: the selector wakes it
-            if self._selector is None:
-                self._wait_in_selector()
-        assert self._selector is not None
-        self._selector.unregister(self._sock)
-        tls_sock = context.wrap_socket(self._sock, server_side=True, do_handshake_on_connect=False)
-        self._sock = tls_sock  # from here on aclose() closes the TLS socket
-        self._selector.register(tls_sock, selectors.EVENT_READ)
-        tls_sock.settimeout(timeout)
-        self._sock_timeout = timeout
-        tls_sock.do_handshake()
-        tls = self._server._state.tls
-        return tls_info(tls_sock, tls.servername(tls_sock) if tls else None)
+        with self._lock:  # wake() leaves the socket alone until the handshake is over
+            self._handshaking = True
+        tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        try:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    pass
+                if self._outgoing.pending:
+                    self._send_raw(self._outgoing.read())
+                records = self._handshake_receive(timeout)
+                if records:
+                    self._incoming.write(records)
+                else:  # the next do_handshake() raises the SSLEOFError
+                    self._incoming.write_eof()
+            if self._outgoing.pending:  # the last flight, and TLS 1.3 session tickets
+                self._send_raw(self._outgoing.read())
+        finally:
+            with self._lock:
+                self._handshaking = False
+        self._tls = tls
+        setup = self._server._state.tls
+        return tls_info(tls, setup.servername(tls) if setup else None)
+
+    def _handshake_receive(self, timeout: float | None) -> bytes:
+        """A recv() under ``timeout`` that the server's close does not cut short (as before TLS was up)."""
+        if self._selector is None:
+            if timeout != self._recv_timeout:
+                self._set_recv_timeout(timeout)
+            try:
+                return self._sock.recv(_TLS_READ_SIZE)
+            except BlockingIOError:  # SO_RCVTIMEO ran out
+                raise TimeoutError("TLS handshake timed out") from None
+        self._set_sock_timeout(timeout)
+        return self._sock.recv(_TLS_READ_SIZE)
 
     async def aclose(self) -> None:
         with self._lock:
             self._closed = True
         if self._selector is not None:
             self._selector.close()
-        if isinstance(self._sock, ssl.SSLSocket):
-            # Send our close_notify, but do not wait for the client's.
+        if self._tls is not None:
+            # Our close_notify, into memory; the client's is not awaited (that is the SSLWantReadError).
             with contextlib.suppress(OSError, ValueError):
+                self._tls.unwrap()
+        if self._outgoing.pending:
+            # The close_notify, or the alert of a failed handshake or record: sent if the socket takes it now.
+            with contextlib.suppress(OSError):
                 self._sock.setblocking(False)
-                self._sock.unwrap()
+                self._sock.send(self._outgoing.read())
         self._sock.close()
 
     def wake(self) -> None:
         """End a wait in recv() with EOF, once the server's kill flag is set (from close())."""
         with self._lock:
-            if self._selector is None and not self._closed:
+            if self._selector is None and not self._closed and not self._handshaking:
                 # Only the read side: the 421 still goes out.
                 with contextlib.suppress(OSError):
                     self._sock.shutdown(socket.SHUT_RD)

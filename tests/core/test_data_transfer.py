@@ -22,6 +22,7 @@ from smtpproto import (
     ServerConfig,
     ServerConnection,
 )
+from smtpproto._data import _find_line_dot
 
 from .helpers import (
     DATA,
@@ -208,3 +209,23 @@ def test_core_84_quit() -> None:
 def test_core_84_quit_inside_a_transaction_aborts_it() -> None:
     _, events = session(OPEN + b"QUIT\r\n")
     assert events[-2:] == [Quit(), ConnectionClosed(transaction_aborted=True)]
+
+
+@pytest.mark.parametrize(
+    "buf",
+    [
+        b"x" * 5000,  # no dot at all
+        b"a.b " * 1500,  # many dots, none at a line start: the 3-byte fallback, no match
+        b"a.b " * 1500 + b"\r\n.\r\n",  # ... and a match after the fallback
+        b"a.b\r\n" * 3 + b"y" * 5000,  # a few dots, none at a line start, no match
+        b"y" * 5000 + b"\r\n.x",  # a match among few dots
+        b".\r\n" + b"z" * 5000,  # a dot at the very start is no line start here
+        b"a.b\r\n.x",  # short buffers take the 3-byte find directly
+        b"",
+    ],
+    ids=["plain", "prose", "prose-match", "few-dots", "match", "leading-dot", "short", "empty"],
+)
+def test_the_line_dot_search_finds_what_a_plain_find_finds(buf: bytes) -> None:
+    # The search steps through single dots on long buffers (a memchr each), and must still agree with the
+    # plain 3-byte find.
+    assert _find_line_dot(bytearray(buf)) == buf.find(b"\r\n.")

@@ -68,7 +68,6 @@ class ProtocolConnection(ReadQueue):
         self._lost = False
         self._closed_waiter: asyncio.Future[None] | None = None
         self._abort_handle: asyncio.TimerHandle | None = None
-        self._interrupted = False
         self._sending = False
         self._closed = False
         #: The whole session; cancelled by kill().
@@ -126,30 +125,11 @@ class ProtocolConnection(ReadQueue):
     def unwatch(self) -> None:
         """Nothing to stop (see :meth:`watch`)."""
 
-    def interrupt(self) -> None:
-        """Ask the session to end: its current or next receive raises ShutdownRequested."""
-        self._interrupted = True
-        # A handshake in progress runs on to its own timeout (it waits on no future of ours); the receive after
-        # it raises ShutdownRequested.
-        self._wake(ShutdownRequested())
-
     def kill(self) -> None:
         """Cancel the session wherever it is (its cleanup still runs, shielded and bounded)."""
         self.scope.cancel()
 
     # -- the pump's Transport -----------------------------------------------------------------------------
-
-    async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
-        if self._interrupted:
-            raise ShutdownRequested
-        if not self._chunks and not self._eof:
-            await self._readable(timeout)
-        return self._take(max_bytes)
-
-    async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
-        if self._interrupted:
-            raise ShutdownRequested
-        return await self._read_bounded(max_bytes, timeout)
 
     async def send(self, data: bytes) -> None:
         # One task at a time: a plain flag catches a second writer (a bug) as SendGuard does, for less.

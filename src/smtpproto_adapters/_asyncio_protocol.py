@@ -15,7 +15,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from ._session import TLSInfo
-from ._transport import tls_info
+from ._transport import ShutdownRequested, tls_info
 
 if TYPE_CHECKING:
     from ._tls import TLSSetup
@@ -48,6 +48,7 @@ class ReadQueue(asyncio.BufferedProtocol):
         self._wait_timeout = 0.0
         #: Whether the transport is the TLS transport of loop.start_tls.
         self._tls = False
+        self._interrupted = False
 
     # -- asyncio.BufferedProtocol ---------------------------------------------------------------------
 
@@ -92,6 +93,31 @@ class ReadQueue(asyncio.BufferedProtocol):
                 waiter.set_result(None)
             else:
                 waiter.set_exception(exc)
+
+    def interrupt(self) -> None:
+        """Ask the session to end: its current or next receive raises ShutdownRequested.
+
+        A handshake in progress runs on to its own timeout (it waits on no future of ours); the receive after
+        it raises.
+        """
+        self._interrupted = True
+        self._wake(ShutdownRequested())
+
+    # -- the pump's Transport: the receive side ---------------------------------------------------------
+
+    async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
+        """The next received chunk (see the pump's Transport)."""
+        if self._interrupted:
+            raise ShutdownRequested
+        if not self._chunks and not self._eof:
+            await self._readable(timeout)
+        return self._take(max_bytes)
+
+    async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
+        """One read of at most ``max_bytes``, the rest left for the TLS handshake (see _read_bounded)."""
+        if self._interrupted:
+            raise ShutdownRequested
+        return await self._read_bounded(max_bytes, timeout)
 
     # -- waiting and taking ---------------------------------------------------------------------------
 

@@ -23,7 +23,6 @@ from ._pump import READ_SIZE, run_session
 from ._server import ServerState, Statistics, build_options
 from ._session import TLSInfo
 from ._stream import AsyncStream, MessageSource
-from ._transport import ShutdownRequested
 
 __all__ = ["SMTPServer"]
 
@@ -178,7 +177,6 @@ class _Connection(ReadQueue):
         super().__init__(server._read_buffer, loop)
         self._server = server
         self._lost = self._loop.create_future()
-        self._interrupted = False
         self._sending = False  # a send is waiting for the transport to drain
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------
@@ -207,24 +205,7 @@ class _Connection(ReadQueue):
         if not self._lost.done():
             self._lost.set_result(None)
 
-    def interrupt(self) -> None:
-        """Ask the session to end: its current or next receive raises ShutdownRequested."""
-        self._interrupted = True
-        self._wake(ShutdownRequested())
-
     # -- the pump's Transport -------------------------------------------------------------------------
-
-    async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
-        if self._interrupted:
-            raise ShutdownRequested
-        if not self._chunks and not self._eof:
-            await self._readable(timeout)
-        return self._take(max_bytes)
-
-    async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
-        if self._interrupted:
-            raise ShutdownRequested
-        return await self._read_bounded(max_bytes, timeout)
 
     async def send(self, data: bytes) -> None:
         transport = self._transport

@@ -3,11 +3,14 @@
 Bytes go in with :meth:`ServerConnection.receive_data`, events come out of :meth:`ServerConnection.next_event`,
 replies go in with :meth:`ServerConnection.send` and bytes come out of :meth:`ServerConnection.data_to_send`.
 Nothing here touches a socket, a clock or a thread.
+
+This module holds the public API, command dispatch, the mail transaction and DATA; AUTH comes from
+``_connection_auth.py`` and PROXY/XCLIENT/XFORWARD from ``_connection_proxy.py``, as mixins (see
+``_connection_base.py``).
 """
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +19,9 @@ from typing import Final, Literal, NoReturn, TypeAlias
 
 from ._commands import CommandError, Extensions, parse_mail, parse_rcpt, split_command
 from ._config import LineEndings, ServerConfig
+from ._connection_auth import _AuthMixin
+from ._connection_base import _AGAIN, _Again, _ReadResult
+from ._connection_proxy import _NOT_ALLOWED, _ProxyMixin
 from ._data import DotReader
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
@@ -44,22 +50,13 @@ from ._events import (
 )
 from ._extensions import (
     auth_enabled,
-    auth_offered,
     capabilities,
     enhanced_codes,
     smtputf8_offered,
     starttls_offered,
 )
-from ._proxy import (
-    ProxyHeaderError,
-    XAttributeError,
-    parse_xclient,
-    parse_xforward,
-    read_proxy_header,
-)
 from ._receivebuffer import ReceiveBuffer
 from ._replies import Reply
-from ._sasl import Conversation, SASLError, conversation, failure_challenge, failure_response_ok
 from ._state import (
     NOT_IMPLEMENTED,
     PRIVACY_COMMANDS,
@@ -81,21 +78,10 @@ _HTTP_RE = re.compile(
 )
 _HOSTNAME_BAD_RE = re.compile(r"[\x00-\x20\x7f-\x9f\u200b\u2060\ufeff]")
 
-
-class _Again(enum.Enum):
-    """Marker: a reader made progress without producing an event; run it again."""
-
-    AGAIN = "AGAIN"
-
-
-# Tested with ``is``: isinstance() against an Enum class takes the slow __instancecheck__ path.
-_AGAIN: Final = _Again.AGAIN
-_ReadResult: TypeAlias = "Event | Literal[_Again.AGAIN] | None"
 DecisionEvent: TypeAlias = (
     MailFrom | RcptTo | DataStart | DataEnd | Verify | AuthRequest | XClient | XForward
 )
 _Handler: TypeAlias = "Callable[[ServerConnection, str, SessionState], _ReadResult]"
-_NOT_ALLOWED = Reply(550, "Not allowed", "5.7.0")
 # RFC 4954 §6: with authentication required, these get 530 until AUTH succeeds.
 _NEEDS_AUTH = frozenset({Command.MAIL, Command.RCPT, Command.DATA, Command.VRFY})
 
@@ -137,10 +123,6 @@ class TLSDetails:
     server_name: str | None = None
     protocol: str | None = None
     cipher: str | None = None
-
-
-def _no_nonce() -> str:  # pragma: no cover - ServerConfig refuses CRAM-MD5 without a nonce_factory
-    raise RuntimeError("CRAM-MD5 needs ServerConfig.nonce_factory")
 
 
 class _ConfigTables:
@@ -199,7 +181,7 @@ _PER_CONFIG: dict[int, _ConfigTables] = {}
 _PER_CONFIG_MAX = 256
 
 
-class ServerConnection:
+class ServerConnection(_AuthMixin, _ProxyMixin):
     """The server side of one SMTP or LMTP session.
 
     The greeting is queued as soon as the connection is made; send it with :meth:`data_to_send`. Then loop:
@@ -253,10 +235,11 @@ class ServerConnection:
         # Counters for the limits.
         self._errors = 0
         self._unauthenticated_commands = 0
-        self._user: str | None = None
+        self._user = None
+        # The state of the mixins (declared there): AUTH (_AuthMixin), XCLIENT (_ProxyMixin).
         self._auth_failures = 0
-        self._sasl: Conversation | None = None
-        self._auth_refusal: Reply | None = None
+        self._sasl = None
+        self._auth_refusal = None
         self._sasl_mechanism = ""
         self._xclient_addr = False
         self._discarding_line = False
@@ -792,172 +775,6 @@ class ServerConnection:
         self._end_transaction(after)
         return StartTLS()
 
-    # -- AUTH (RFC 4954) ----------------------------------------------------------------------------------
-
-    def _auth(self, argument: str, after: SessionState) -> _ReadResult:
-        # RFC 5321 §4.1.1: trailing white space is tolerated, not taken for an empty initial response.
-        # Anything after the mechanism is the initial response, so one with a space in it is bad base64
-        # (501 5.5.2, CONFORMANCE AUTH-06) rather than an extra argument.
-        name, space, initial = argument.rstrip(" ").partition(" ")
-        if not name:
-            return self._error(Reply(501, "Syntax: AUTH mechanism [initial-response]", "5.5.4"))
-        if self._user is not None:
-            return self._error(Reply(503, "Already authenticated", "5.5.1"))
-        if not auth_offered(self.config, secure=self._secure):
-            return self._error(
-                Reply(538, "Encryption required for requested authentication mechanism", "5.7.11")
-            )
-        # ASCII only: str.upper() maps some non-ASCII letters (such as U+0131) onto ASCII ones.
-        mechanism = name.upper() if name.isascii() else name
-        if mechanism not in self.config.auth_methods:
-            return self._error(Reply(504, "Unrecognized authentication type", "5.5.4"))
-        self._sasl = conversation(
-            mechanism,
-            initial if space else None,
-            hostname=self.config.hostname,
-            nonce=self.config.nonce_factory or _no_nonce,
-        )
-        return self._sasl_step(None)
-
-    def _sasl_step(self, line: str | None) -> _ReadResult:
-        sasl = self._sasl
-        assert sasl is not None
-        try:
-            challenge = next(sasl) if line is None else sasl.send(line)
-        except StopIteration as done:
-            self._end_sasl()
-            request: AuthRequest = done.value
-            return self._decide(request, self._state)
-        except SASLError as exc:
-            self._end_sasl()
-            if exc.reply.code == 535:
-                return self._auth_failure(exc.reply)
-            return self._error(exc.reply)
-        self._challenge(challenge)
-        self._reader = self._read_auth_line
-        return _AGAIN
-
-    def _challenge(self, payload: str) -> None:
-        # RFC 4954 §4: continue-req = "334" SP [base64] CRLF — the space stays even when the payload is
-        # empty, whatever Reply does with empty text. The payload is base64 (ASCII) from _sasl.py.
-        self._out.append(b"334 " + payload.encode("ascii") + b"\r\n")
-
-    def _end_sasl(self) -> None:
-        self._sasl = None
-        self._reader = self._read_command
-
-    def _read_auth_line(self) -> _ReadResult:
-        line = self._take_auth_line()
-        return line if line is None or line is _AGAIN else self._sasl_step(line)
-
-    def _take_auth_line(self) -> str | Literal[_Again.AGAIN] | None:
-        """The next SASL response line, or None; an over-long one ends the exchange with 500 5.5.6."""
-        line = self._buffer.take_line(self._line_end)
-        if line is None:
-            if len(self._buffer) > self.config.max_auth_line:
-                # Leave the exchange; the command reader discards the rest of the line and answers 500.
-                self._end_sasl()
-                self._auth_refusal = None
-                self._buffer.discard(keep_tail=1 if self._buffer.data.endswith(b"\r") else 0)
-                self._discarding_line = True
-            return None
-        if len(line) + len(self._line_end) > self.config.max_auth_line:
-            # The same line arrived whole: same answer as above, so the split of the input cannot matter.
-            self._end_sasl()
-            self._auth_refusal = None
-            return self._error(Reply(500, "Line too long", "5.5.6"))
-        if self._line_end == b"\n" and line.endswith(b"\r"):
-            line = line[:-1]
-        return line.decode(
-            "ascii", "replace"
-        )  # SASL lines are base64; anything else is refused as such
-
-    def _auth_failure(self, reply: Reply) -> _ReadResult:
-        self._auth_failures += 1
-        if self._auth_failures > self.config.max_auth_failures:
-            self._fail(Reply(421, "Too many authentication failures", "4.7.0"))
-        return self._queue_again(reply)
-
-    def _answer_auth(self, event: AuthRequest, reply: Reply, accepted: bool) -> None:
-        if accepted:
-            self._user = event.username
-            self._queue(reply)
-            return
-        if reply.code == 421:
-            # RFC 5321 §3.8: the server is closing the channel; no error challenge, nothing more is read.
-            self._queue(reply)
-            self._close()
-            return
-        self._auth_failures += 1
-        if self._auth_failures > self.config.max_auth_failures:
-            self._fatal_after_send(Reply(421, "Too many authentication failures", "4.7.0"))
-            return
-        challenge = failure_challenge(event.mechanism)
-        if challenge is None:
-            self._queue(reply)
-            return
-        # XOAUTH2 / OAUTHBEARER: the error travels as a 334 challenge; the client acknowledges it with one
-        # line, and only then does the final refusal go out.
-        self._challenge(challenge)
-        self._auth_refusal = reply
-        self._sasl_mechanism = event.mechanism
-        self._reader = self._read_auth_refusal_ack
-
-    def _read_auth_refusal_ack(self) -> _ReadResult:
-        line = self._take_auth_line()
-        if line is None or line is _AGAIN:
-            return line
-        refusal, self._auth_refusal = self._auth_refusal, None
-        assert refusal is not None
-        self._reader = self._read_command
-        if line == "*":
-            return self._queue_again(Reply(501, "Authentication aborted", "5.7.0"))
-        if not failure_response_ok(self._sasl_mechanism, line):
-            return self._error(refusal)
-        return self._queue_again(refusal)
-
-    # -- PROXY, XCLIENT, XFORWARD -------------------------------------------------------------------------
-
-    def _read_proxy(self) -> _ReadResult:
-        try:
-            header = read_proxy_header(self._buffer.data)
-        except ProxyHeaderError as exc:
-            self._state = _CLOSED
-            # Not an SMTP client (yet): nothing is said, the connection just closes.
-            raise RemoteProtocolError(f"bad PROXY header: {exc}", None) from None
-        if header is None:
-            return None
-        self._buffer.rescan()
-        self._reader = self._read_command
-        self._queue(self._greeting())
-        return header
-
-    def _xclient(self, argument: str, after: SessionState) -> _ReadResult:
-        if not self.config.use_xclient or self._xclient_addr:
-            return self._queue_again(_NOT_ALLOWED)
-        try:
-            event = parse_xclient(argument)
-        except XAttributeError as exc:
-            return self._error(Reply(501, exc.reason, "5.5.4"))
-        return self._decide(event, after)
-
-    def _apply_xclient(self, event: XClient) -> None:
-        # Postfix semantics: the session starts over with a new greeting, as if the client had just connected.
-        self._xclient_addr = self._xclient_addr or event.addr is not None
-        special = (None, "[UNAVAILABLE]", "[TEMPUNAVAIL]")
-        self._user = event.login if event.login not in special else None
-        self._end_transaction(_GREETED)
-        self._queue(self._greeting())
-
-    def _xforward(self, argument: str, after: SessionState) -> _ReadResult:
-        if not self.config.use_xforward or self._xclient_addr:
-            return self._queue_again(_NOT_ALLOWED)
-        try:
-            event = parse_xforward(argument)
-        except XAttributeError as exc:
-            return self._error(Reply(501, exc.reason, "5.5.4"))
-        return self._decide(event, after)
-
     _HANDLERS: Final[dict[Command, _Handler]] = {
         Command.HELO: _helo,
         Command.EHLO: _ehlo,
@@ -970,9 +787,9 @@ class ServerConnection:
         Command.VRFY: _vrfy,
         Command.HELP: _help,
         Command.STARTTLS: _starttls,
-        Command.AUTH: _auth,
-        Command.XCLIENT: _xclient,
-        Command.XFORWARD: _xforward,
+        Command.AUTH: _AuthMixin._auth,
+        Command.XCLIENT: _ProxyMixin._xclient,
+        Command.XFORWARD: _ProxyMixin._xforward,
     }
 
     # -- data mode ----------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["SEQUENCE_ERRORS", "TRANSITIONS", "Command", "SessionState", "transition"]
+__all__ = ["SEQUENCE_ERRORS", "TRANSITIONS", "Command", "SessionState"]
 
 
 class SessionState(enum.Enum):
@@ -143,11 +143,6 @@ SEQUENCE_ERRORS: dict[tuple[SessionState, Command], str] = {
 }
 GENERIC_SEQUENCE_ERROR = "Bad sequence of commands"
 REFUSED_SEQUENCE_ERROR = "No SMTP service here, only QUIT"
-
-
-def transition(state: SessionState, command: Command) -> SessionState | None:
-    """The state after ``command`` succeeds in ``state``, or ``None`` if it is out of sequence."""
-    return TRANSITIONS.get((state, command))
 
 
 def sequence_error(state: SessionState, command: Command) -> str:

@@ -15,24 +15,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import anyio
-from anyio.abc import ByteStream
-from anyio.streams.tls import TLSAttribute, TLSStream
 
 from ._asyncio_protocol import ReadQueue
 from ._server import ServerState
 from ._session import TLSInfo
-from ._transport import ShutdownRequested
 
-__all__ = [
-    "Interruptible",
-    "ProtocolConnection",
-    "address_of",
-    "receive_in_scope",
-    "tls_stream_info",
-]
+__all__ = ["ProtocolConnection", "accepted", "address_of"]
 
 #: The longest a closing connection may take to flush what it still has to send.
 _CLOSE_GRACE = 5.0
@@ -142,8 +133,6 @@ class ProtocolConnection(ReadQueue):
             if self._writing_paused:
                 with anyio.fail_after(self._timeout):
                     await self._drain(transport)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            raise ConnectionResetError(_reason(exc)) from exc
         finally:
             self._sending = False
 
@@ -170,53 +159,6 @@ class ProtocolConnection(ReadQueue):
         self._closed_waiter = self._loop.create_future()
         with anyio.CancelScope(shield=True):
             await self._closed_waiter
-
-
-def tls_stream_info(stream: TLSStream, state: ServerState) -> TLSInfo:
-    """What the session learns of a TLS stream once its handshake is done (SNI name through the server)."""
-    ssl_object = stream.extra(TLSAttribute.ssl_object)
-    cipher = stream.extra(TLSAttribute.cipher)
-    tls = state.tls
-    return TLSInfo(
-        servername=tls.servername(ssl_object) if tls else None,
-        protocol=stream.extra(TLSAttribute.tls_version),
-        cipher=cipher[0] if cipher else "",
-    )
-
-
-class Interruptible(Protocol):
-    """A connection whose receives :func:`receive_in_scope` runs: its ``interrupt()`` cancels the scope."""
-
-    _receive_scope: anyio.CancelScope | None
-    _interrupted: bool
-
-
-async def receive_in_scope(
-    owner: Interruptible, stream: ByteStream, max_bytes: int, timeout: float | None
-) -> bytes:
-    """One receive from ``stream`` in a cancel scope of its own, kept in ``owner._receive_scope``.
-
-    ``b""`` at the end of the stream (the core's single EOF convention); TimeoutError when ``timeout`` ran out,
-    ShutdownRequested when ``owner`` was interrupted; ConnectionResetError when the stream broke.
-    """
-    with anyio.move_on_after(timeout) as scope:
-        owner._receive_scope = scope
-        try:
-            return await stream.receive(max_bytes)
-        except anyio.EndOfStream:
-            return b""
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            raise ConnectionResetError(_reason(exc)) from exc
-        finally:
-            owner._receive_scope = None
-    if owner._interrupted:
-        raise ShutdownRequested
-    raise TimeoutError
-
-
-def _reason(exc: BaseException) -> str:
-    """The underlying error of an anyio stream exception, for the log."""
-    return str(exc.__cause__ or exc) or type(exc).__name__
 
 
 def accepted(sock: socket.socket) -> tuple[tuple[str, int], tuple[str, int]] | None:

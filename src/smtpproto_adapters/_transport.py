@@ -31,7 +31,15 @@ from typing import Any, Protocol, TypeVar
 
 from ._session import TLSInfo
 
-__all__ = ["NegotiatedTLS", "SendGuard", "ShutdownRequested", "Transport", "drive", "tls_info"]
+__all__ = [
+    "NegotiatedTLS",
+    "SendGuard",
+    "ShutdownRequested",
+    "Transport",
+    "drive",
+    "stream_error_reason",
+    "tls_info",
+]
 
 T = TypeVar("T")
 
@@ -110,6 +118,11 @@ def tls_info(ssl_object: NegotiatedTLS, servername: str | None) -> TLSInfo:
         protocol=ssl_object.version() or "",
         cipher=cipher[0] if cipher else "",
     )
+
+
+def stream_error_reason(exc: BaseException) -> str:
+    """The underlying error of a trio or anyio stream exception (they wrap the OSError), for the log."""
+    return str(exc.__cause__ or exc) or type(exc).__name__
 
 
 def drive(coro: Coroutine[Any, Any, T]) -> T:

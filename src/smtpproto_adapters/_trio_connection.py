@@ -21,7 +21,7 @@ import trio
 from ._server import ServerState
 from ._session import TLSInfo
 from ._tls import capture_servername
-from ._transport import ShutdownRequested, tls_info
+from ._transport import ShutdownRequested, stream_error_reason, tls_info
 
 __all__ = ["Connection", "Watchdog"]
 
@@ -173,7 +173,7 @@ class Connection:
             if self.tripped:
                 raise TimeoutError from None
             self._tls_open = False
-            raise ConnectionResetError(_reason(exc)) from exc
+            raise ConnectionResetError(stream_error_reason(exc)) from exc
         except OSError:
             self._tls_open = False
             raise
@@ -188,7 +188,7 @@ class Connection:
             try:
                 return await _recv_when_ready(sock, max_bytes, wait)
             except trio.ClosedResourceError as exc:
-                raise ConnectionResetError(_reason(exc)) from exc
+                raise ConnectionResetError(stream_error_reason(exc)) from exc
             finally:
                 self._receive_scope = None
         if self._interrupted:
@@ -203,7 +203,7 @@ class Connection:
             try:
                 return bytes(await self._as_stream().receive_some(max_bytes))  # b"" at EOF
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ConnectionResetError(_reason(exc)) from exc
+                raise ConnectionResetError(stream_error_reason(exc)) from exc
             finally:
                 self._receive_scope = None
         if self._interrupted:
@@ -257,7 +257,7 @@ class Connection:
             self._tls_open = False  # a TLS record may be half written: no close_notify after it
             if self.tripped:
                 raise TimeoutError("the client does not read its replies") from None
-            raise ConnectionResetError(_reason(exc)) from exc
+            raise ConnectionResetError(stream_error_reason(exc)) from exc
         except BaseException:  # an OSError, or cancelled mid-record
             self._tls_open = False
             raise
@@ -273,7 +273,7 @@ class Connection:
         except trio.TooSlowError:
             raise TimeoutError("the client does not read its replies") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ConnectionResetError(_reason(exc)) from exc
+            raise ConnectionResetError(stream_error_reason(exc)) from exc
         finally:
             self._sending = False
 
@@ -320,7 +320,7 @@ class Connection:
         except trio.TooSlowError:
             raise TimeoutError("TLS handshake timed out") from None
         except trio.BrokenResourceError as exc:
-            raise ConnectionResetError(_reason(exc)) from exc
+            raise ConnectionResetError(stream_error_reason(exc)) from exc
         return tls_info(stream, names[0] if names else None)
 
     def release(self) -> None:
@@ -388,8 +388,3 @@ async def _recv_when_ready(sock: socket.socket, max_bytes: int, wait: _Wait) -> 
             wait = trio.lowlevel.wait_readable
         except ssl.SSLWantWriteError:
             wait = trio.lowlevel.wait_writable
-
-
-def _reason(exc: BaseException) -> str:
-    """The underlying error of a trio stream exception, for the log."""
-    return str(exc.__cause__ or exc) or type(exc).__name__

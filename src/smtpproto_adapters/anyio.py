@@ -33,16 +33,16 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup
-from anyio.streams.tls import TLSStream
+from anyio.streams.tls import TLSAttribute, TLSStream
 
-from ._anyio_asyncio import ProtocolConnection, accepted, receive_in_scope, tls_stream_info
+from ._anyio_asyncio import ProtocolConnection, accepted
 from ._hooks import Hook
 from ._options import ServerOptions
 from ._pump import READ_SIZE, run_session
 from ._server import ServerState, Statistics, build_options
 from ._session import TLSInfo
 from ._stream import AsyncStream, MessageSource
-from ._transport import ShutdownRequested
+from ._transport import ShutdownRequested, stream_error_reason
 
 if TYPE_CHECKING:
     from ._anyio_trio import TrioSessions
@@ -469,12 +469,24 @@ class _Connection:
                     raise ShutdownRequested from None
                 if self._timed_out:
                     raise TimeoutError from None
-                raise ConnectionResetError(_reason(exc)) from exc
+                raise ConnectionResetError(stream_error_reason(exc)) from exc
             finally:
                 self._receiving = False
         # Cancelling a receive loses nothing (anyio keeps unread data buffered, TLSStream included), so a
         # timeout or interrupt() can cut in at any point.
-        return await receive_in_scope(self, self._stream, max_bytes, timeout)
+        with anyio.move_on_after(timeout) as scope:
+            self._receive_scope = scope
+            try:
+                return await self._stream.receive(max_bytes)
+            except anyio.EndOfStream:
+                return b""  # the core's single EOF convention
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                raise ConnectionResetError(stream_error_reason(exc)) from exc
+            finally:
+                self._receive_scope = None
+        if self._interrupted:
+            raise ShutdownRequested
+        raise TimeoutError
 
     async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
         # receive(n) returns at most n octets: under trio it is one socket recv(n); under asyncio the stream
@@ -506,7 +518,7 @@ class _Connection:
             with anyio.fail_after(self._timeout):
                 await self._stream.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            raise ConnectionResetError(_reason(exc)) from exc
+            raise ConnectionResetError(stream_error_reason(exc)) from exc
         finally:
             self._sending = False
 
@@ -519,7 +531,7 @@ class _Connection:
             with anyio.fail_after(timeout):
                 stream = await TLSStream.wrap(self._stream, server_side=True, ssl_context=context)
         except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-            raise ConnectionResetError(_reason(exc)) from exc
+            raise ConnectionResetError(stream_error_reason(exc)) from exc
         self._stream = stream  # from here on aclose() closes the TLS stream
         return tls_stream_info(stream, self._state)
 
@@ -539,11 +551,6 @@ class _Connection:
                 await anyio.aclose_forcefully(self._raw)
 
 
-def _reason(exc: BaseException) -> str:
-    """The underlying error of an anyio stream exception, for the log."""
-    return str(exc.__cause__ or exc) or type(exc).__name__
-
-
 def _plain_socket(stream: ByteStream) -> socket.socket | TransportSocket | None:
     """The kernel socket under a plain anyio socket stream, if it may be written and shut directly.
 
@@ -558,3 +565,15 @@ def _plain_socket(stream: ByteStream) -> socket.socket | TransportSocket | None:
     except Exception:  # noqa: BLE001  # no usable socket: scoped waits
         return None
     return sock if isinstance(sock, (socket.socket, TransportSocket)) else None
+
+
+def tls_stream_info(stream: TLSStream, state: ServerState) -> TLSInfo:
+    """What the session learns of a TLS stream once its handshake is done (SNI name through the server)."""
+    ssl_object = stream.extra(TLSAttribute.ssl_object)
+    cipher = stream.extra(TLSAttribute.cipher)
+    tls = state.tls
+    return TLSInfo(
+        servername=tls.servername(ssl_object) if tls else None,
+        protocol=stream.extra(TLSAttribute.tls_version),
+        cipher=cipher[0] if cipher else "",
+    )

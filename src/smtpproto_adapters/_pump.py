@@ -212,30 +212,41 @@ class _Pump:
         session.reset_transaction()
 
     def _mail_from(self, event: smtpproto.MailFrom) -> Awaitable[bool] | None:
-        address = Address(event.address, event.args)
-        if self.hooks.on_mail_from is None:
-            self.conn.accept()
-            self.session.envelope = Envelope(mail_from=address)
-            return None
-        return self._ask_mail_from(address)
-
-    async def _ask_mail_from(self, address: Address) -> bool:
-        if await self._decide(self.hooks.on_mail_from, "on_mail_from", address, self.session):
-            self.session.envelope = Envelope(mail_from=address)
-        return True
+        return self._address(event, self.hooks.on_mail_from, "on_mail_from", self._keep_sender)
 
     def _rcpt_to(self, event: smtpproto.RcptTo) -> Awaitable[bool] | None:
-        address = Address(event.address, event.args)
-        if self.hooks.on_rcpt_to is None:
-            self.conn.accept()
-            self.session.envelope.rcpt_to.append(address)
-            return None
-        return self._ask_rcpt_to(address)
+        return self._address(event, self.hooks.on_rcpt_to, "on_rcpt_to", self._keep_recipient)
 
-    async def _ask_rcpt_to(self, address: Address) -> bool:
-        if await self._decide(self.hooks.on_rcpt_to, "on_rcpt_to", address, self.session):
-            self.session.envelope.rcpt_to.append(address)
+    def _address(
+        self,
+        event: smtpproto.MailFrom | smtpproto.RcptTo,
+        hook: Hook | None,
+        name: str,
+        keep: Callable[[Address], None],
+    ) -> Awaitable[bool] | None:
+        """MAIL or RCPT: accepted at once without a hook (no coroutine), else as the hook decides."""
+        address = Address(event.address, event.args)
+        if hook is None:
+            self.conn.accept()
+            keep(address)
+            return None
+        return self._ask_about(address, hook, name, keep)
+
+    async def _ask_about(
+        self, address: Address, hook: Hook, name: str, keep: Callable[[Address], None]
+    ) -> bool:
+        """Ask ``hook``, answer the core, and keep ``address`` if the hook accepted it."""
+        outcome = await self._call(hook, name, address, self.session)
+        self._answer(outcome)
+        if is_accept(outcome):
+            keep(address)
         return True
+
+    def _keep_sender(self, address: Address) -> None:
+        self.session.envelope = Envelope(mail_from=address)
+
+    def _keep_recipient(self, address: Address) -> None:
+        self.session.envelope.rcpt_to.append(address)
 
     async def _data_start(self, event: smtpproto.DataStart) -> bool:
         self.conn.accept()
@@ -388,12 +399,6 @@ class _Pump:
             self.server.count("errors")
             self.log.error("a hook's reply %r does not fit: %s", outcome, exc)
             answer(self.conn, INTERNAL_ERROR)
-
-    async def _decide(self, hook: Hook | None, name: str, *args: object) -> bool:
-        """Ask ``hook`` (accept if there is none), answer the core, and say whether it accepted."""
-        outcome: Outcome = True if hook is None else await self._call(hook, name, *args)
-        self._answer(outcome)
-        return is_accept(outcome)
 
     async def _authenticate(self, auth: smtpproto.AuthRequest) -> None:
         hook = self.hooks.on_auth

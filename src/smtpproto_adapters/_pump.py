@@ -211,26 +211,26 @@ class _Pump:
         session.host_name_appears_as = event.hostname.lower()
         session.reset_transaction()
 
+    # MAIL and RCPT without a hook are accepted at once, without a coroutine. That is the hot path, so each
+    # handler writes it out: one shared helper taking the hook and a callback cost 2% more instructions per
+    # message (pump and core, callgrind). The hook's path is shared: _ask_about.
     def _mail_from(self, event: smtpproto.MailFrom) -> Awaitable[bool] | None:
-        return self._address(event, self.hooks.on_mail_from, "on_mail_from", self._keep_sender)
-
-    def _rcpt_to(self, event: smtpproto.RcptTo) -> Awaitable[bool] | None:
-        return self._address(event, self.hooks.on_rcpt_to, "on_rcpt_to", self._keep_recipient)
-
-    def _address(
-        self,
-        event: smtpproto.MailFrom | smtpproto.RcptTo,
-        hook: Hook | None,
-        name: str,
-        keep: Callable[[Address], None],
-    ) -> Awaitable[bool] | None:
-        """MAIL or RCPT: accepted at once without a hook (no coroutine), else as the hook decides."""
         address = Address(event.address, event.args)
+        hook = self.hooks.on_mail_from
         if hook is None:
             self.conn.accept()
-            keep(address)
+            self._keep_sender(address)
             return None
-        return self._ask_about(address, hook, name, keep)
+        return self._ask_about(address, hook, "on_mail_from", self._keep_sender)
+
+    def _rcpt_to(self, event: smtpproto.RcptTo) -> Awaitable[bool] | None:
+        address = Address(event.address, event.args)
+        hook = self.hooks.on_rcpt_to
+        if hook is None:
+            self.conn.accept()
+            self._keep_recipient(address)
+            return None
+        return self._ask_about(address, hook, "on_rcpt_to", self._keep_recipient)
 
     async def _ask_about(
         self, address: Address, hook: Hook, name: str, keep: Callable[[Address], None]

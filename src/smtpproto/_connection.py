@@ -295,6 +295,16 @@ class ServerConnection(_AuthMixin, _ProxyMixin):
         """How many replies the awaited decision still needs (LMTP's DataEnd needs one per recipient)."""
         return self._replies_owed
 
+    @property
+    def unprocessed_bytes(self) -> int:
+        """How many received octets :meth:`next_event` has not turned into events yet.
+
+        Non-zero after an event means the client has already sent more (pipelined commands, or a message that
+        did not wait for the 354): a driver that answers an event and would then wait for the client must call
+        :meth:`next_event` first.
+        """
+        return len(self._buffer.data)
+
     def receive_data(self, data: bytes) -> None:
         """Feed bytes received from the client; ``b""`` means the client closed its side."""
         if self._eof:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._session import TLSInfo
@@ -49,6 +50,10 @@ class ReadQueue(asyncio.BufferedProtocol):
         #: Whether the transport is the TLS transport of loop.start_tls.
         self._tls = False
         self._interrupted = False
+        # The pump's consumer while the task waits in receive_commands (cleared by every wake-up), and whether
+        # it took the chunk that woke the task.
+        self._consume: Callable[[bytes], bytes | None] | None = None
+        self._consumed = False
 
     # -- asyncio.BufferedProtocol ---------------------------------------------------------------------
 
@@ -57,7 +62,12 @@ class ReadQueue(asyncio.BufferedProtocol):
         return self._read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._chunks.append(self._read_buffer[:nbytes].tobytes())
+        data = self._read_buffer[:nbytes].tobytes()
+        consume = self._consume
+        if consume is not None and not self._writing_paused:
+            self._give(consume, data)
+            return
+        self._chunks.append(data)
         self._queued += nbytes
         if self._queued >= _HIGH_WATER and not self._reading_paused and self._transport:
             self._reading_paused = True
@@ -86,7 +96,23 @@ class ReadQueue(asyncio.BufferedProtocol):
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
+    def _give(self, consume: Callable[[bytes], bytes | None], data: bytes) -> None:
+        """The fast path of receive_commands: the pump takes ``data`` here, and the task sleeps on if it can."""
+        try:
+            replies = consume(data)
+        except Exception as exc:  # noqa: BLE001  # the task raises it, as if it had run the consumer
+            self._wake(exc)
+            return
+        if replies is None:
+            self._consumed = True
+            self._wake()
+            return
+        if replies and self._transport is not None:
+            self._transport.write(replies)
+        self._wait_started = self._loop.time()  # the idle timeout counts from the last command
+
     def _wake(self, exc: BaseException | None = None) -> None:
+        self._consume = None
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             if exc is None:
@@ -111,6 +137,23 @@ class ReadQueue(asyncio.BufferedProtocol):
             raise ShutdownRequested
         if not self._chunks and not self._eof:
             await self._readable(timeout)
+        return self._take(max_bytes)
+
+    async def receive_commands(
+        self, max_bytes: int, timeout: float | None, consume: Callable[[bytes], bytes | None]
+    ) -> bytes | None:
+        """``receive`` that lets ``consume`` take what arrives (see the pump's ReceiveCommands)."""
+        if self._interrupted:
+            raise ShutdownRequested
+        if not self._chunks and not self._eof:
+            self._consume = consume
+            try:
+                await self._readable(timeout)
+            finally:
+                self._consume = None
+            if self._consumed:
+                self._consumed = False
+                return None
         return self._take(max_bytes)
 
     async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:

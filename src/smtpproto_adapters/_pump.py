@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import smtpproto
@@ -36,9 +36,12 @@ from ._proxy_tls import read_header_before_tls
 from ._server import ServerState
 from ._session import Address, Envelope, Session
 from ._stream import MessageReader
-from ._transport import ShutdownRequested, Transport, drive
+from ._transport import ReceiveCommands, ShutdownRequested, Transport, drive
 
 __all__ = ["READ_SIZE", "drive", "run_session"]
+
+#: What a handler that runs a hook (or TLS, or the message) returns: awaited, it says whether the session goes on.
+_Turn = Coroutine[Any, Any, bool]
 
 #: How much one receive asks for: large enough for the DATA fast path, small enough to bound memory.
 READ_SIZE = 65536
@@ -101,6 +104,12 @@ class _Pump:
         self.hold_output = True  # nothing is written before on_connect has decided
         self.broken = False  # a write failed: never write again
         self.closed_event: smtpproto.ConnectionClosed | None = None
+        # A transport that can hand the commands it receives to _consume inside its read callback (asyncio's;
+        # see _transport.ReceiveCommands). Not while commands are logged: replies written there bypass _write.
+        receive_commands: ReceiveCommands | None = getattr(transport, "receive_commands", None)
+        self.receive_commands = None if self.commands.enabled else receive_commands
+        #: The hook, TLS handshake or message that _consume left for the session's task to run.
+        self.pending: _Turn | None = None
 
     # -- the session ----------------------------------------------------------------------------------
 
@@ -118,6 +127,8 @@ class _Pump:
             self.server.count("errors")
             self.log.exception("session failed")
         finally:
+            if self.pending is not None:  # the task was cancelled before it could run it
+                self.pending.close()
             await self.transport.aclose()
             if connected and self.hooks.on_close is not None:
                 await self._call(self.hooks.on_close, "on_close", self.session)
@@ -186,9 +197,15 @@ class _Pump:
     async def _loop(self) -> None:
         handlers = _HANDLERS
         while True:
+            pending = self.pending
+            if pending is not None:  # _consume met an event that needs this task
+                self.pending = None
+                if not await pending:
+                    return
+                continue
             event = self._poll()
             if event is smtpproto.NEED_DATA:
-                await self._fill()
+                await self._fill(consume=True)
                 continue
             if event is self.closed_event:
                 await self._flush()
@@ -214,7 +231,7 @@ class _Pump:
     # MAIL and RCPT without a hook are accepted at once, without a coroutine. That is the hot path, so each
     # handler writes it out: one shared helper taking the hook and a callback cost 2% more instructions per
     # message (pump and core, callgrind). The hook's path is shared: _ask_about.
-    def _mail_from(self, event: smtpproto.MailFrom) -> Awaitable[bool] | None:
+    def _mail_from(self, event: smtpproto.MailFrom) -> _Turn | None:
         address = Address(event.address, event.args)
         hook = self.hooks.on_mail_from
         if hook is None:
@@ -223,7 +240,7 @@ class _Pump:
             return None
         return self._ask_about(address, hook, "on_mail_from", self._keep_sender)
 
-    def _rcpt_to(self, event: smtpproto.RcptTo) -> Awaitable[bool] | None:
+    def _rcpt_to(self, event: smtpproto.RcptTo) -> _Turn | None:
         address = Address(event.address, event.args)
         hook = self.hooks.on_rcpt_to
         if hook is None:
@@ -250,6 +267,11 @@ class _Pump:
 
     async def _data_start(self, event: smtpproto.DataStart) -> bool:
         self.conn.accept()
+        await self._message()  # not through _read_message: one coroutine less per message
+        return True
+
+    async def _read_message(self) -> bool:
+        """The rest of a DATA that :meth:`_consume` has accepted."""
         await self._message()
         return True
 
@@ -308,15 +330,27 @@ class _Pump:
             return event
         return self.closed_event
 
-    async def _fill(self) -> None:
-        """Flush the replies, then feed the core what the client sends next (or end the session)."""
+    async def _fill(self, consume: bool = False) -> None:
+        """Flush the replies, then feed the core what the client sends next (or end the session).
+
+        With ``consume`` (only _loop, waiting for commands) a transport that can runs :meth:`_consume` on what
+        arrives, in its read callback, and returns here only once that needs the task.
+        """
         if not self.hold_output and (replies := self.conn.data_to_send()):
             await self._write(replies)  # _flush, inlined: this runs for every command
         if self.broken:
             self.conn.receive_data(b"")
             return
         try:
-            data = await self.transport.receive(READ_SIZE, self.options.socket_timeout)
+            if consume and self.receive_commands is not None:
+                received = await self.receive_commands(
+                    READ_SIZE, self.options.socket_timeout, self._consume
+                )
+                if received is None:  # _consume has taken it
+                    return
+                data = received
+            else:
+                data = await self.transport.receive(READ_SIZE, self.options.socket_timeout)
         except TimeoutError:
             self.log.info("idle for %ss: closing", self.options.socket_timeout)
             self.conn.shutdown(
@@ -333,6 +367,40 @@ class _Pump:
         if self.commands.enabled:
             self.commands.received(data)
         self.conn.receive_data(data)
+
+    def _consume(self, data: bytes) -> bytes | None:
+        """Do what :meth:`_loop` does with ``data``, synchronously, in the transport's read callback.
+
+        Commands that need no hook (HELO, MAIL and RCPT without hooks, RSET, NOOP, …) are answered here, and
+        the replies returned for the transport to write at once: no task wake-up and no extra turn of the event
+        loop per command. Returns None when the task must run: an event that needs a hook, the TLS handshake
+        or the message (left in :attr:`pending`), or the end of the session.
+        """
+        conn = self.conn
+        conn.receive_data(data)
+        if self.pending is not None:  # the message, after a DATA answered here: the task reads it
+            return None
+        handlers = _HANDLERS
+        while True:
+            event = self._poll()
+            if event is smtpproto.NEED_DATA:
+                return conn.data_to_send()
+            if event is self.closed_event:
+                return None
+            if type(event) is smtpproto.DataStart and not conn.unprocessed_bytes:
+                # The 354 goes out now; the task is woken by the message itself, which it then reads
+                # (one wake-up per message instead of two).
+                conn.accept()
+                self.pending = self._read_message()
+                return conn.data_to_send()
+            handler = handlers.get(type(event))
+            if handler is None:
+                self.log.debug("ignoring event %r", event)
+                continue
+            pending = handler(self, event)
+            if pending is not None:
+                self.pending = pending
+                return None
 
     async def _flush(self) -> None:
         if not self.hold_output:
@@ -470,7 +538,7 @@ class _Pump:
 
 
 #: What the session loop does with each kind of event (exact types: events are final classes).
-_HANDLERS: dict[type, Callable[[_Pump, Any], Awaitable[bool] | None]] = {
+_HANDLERS: dict[type, Callable[[_Pump, Any], _Turn | None]] = {
     smtpproto.Hello: _Pump._hello,
     smtpproto.MailFrom: _Pump._mail_from,
     smtpproto.RcptTo: _Pump._rcpt_to,

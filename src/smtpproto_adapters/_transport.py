@@ -19,13 +19,17 @@ Contract:
 * ``start_tls(context, timeout)`` does the server side of a TLS handshake over the existing connection and
   returns the negotiated :class:`TLSInfo`; bytes received before it are discarded, never decrypted or fed on.
 * ``aclose()`` always releases the socket, even after errors.
+
+A transport may also have ``receive_commands(max_bytes, timeout, consume)`` (see :class:`ReceiveCommands`),
+the pump's fast path for commands on asyncio; the pump looks it up once per session and uses ``receive``
+where it is missing.
 """
 
 from __future__ import annotations
 
 import ssl
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
@@ -33,6 +37,7 @@ from ._session import TLSInfo
 
 __all__ = [
     "NegotiatedTLS",
+    "ReceiveCommands",
     "SendGuard",
     "ShutdownRequested",
     "Transport",
@@ -75,6 +80,23 @@ class Transport(Protocol):
     async def aclose(self) -> None:
         """Close the connection (idempotent)."""
         ...
+
+
+class ReceiveCommands(Protocol):
+    """A transport's optional ``receive_commands(max_bytes, timeout, consume)``: ``receive`` with a fast path.
+
+    While it waits, each chunk that arrives goes straight to ``consume(chunk)``, called inside the transport's
+    read callback, which feeds it to the session synchronously and returns the replies to write, or ``None``
+    when the waiting task must run. The transport writes those replies at once and keeps waiting, or wakes the
+    task and returns ``None`` (the consumer has taken the chunk). Otherwise it behaves like ``receive`` (same
+    timeout, end of stream and errors), and returns received bytes itself when they were there before the
+    wait. Where writing would have to wait (the peer reads slowly) the transport does not call ``consume``.
+    An exception from ``consume`` is raised by this call.
+    """
+
+    async def __call__(
+        self, max_bytes: int, timeout: float | None, consume: Callable[[bytes], bytes | None]
+    ) -> bytes | None: ...
 
 
 class SendGuard:

@@ -191,3 +191,38 @@ def test_pipe_08_pipelining_after_the_dot() -> None:
     ]
     assert message(events) == b"hi\r\n"
     assert events[-1] == DataStart()
+
+
+def test_unprocessed_bytes_counts_what_the_client_sent_ahead() -> None:
+    conn = ServerConnection()
+    conn.data_to_send()
+    assert conn.unprocessed_bytes == 0
+    rcpt, data = b"RCPT TO:<x@y.test>\r\n", b"DATA\r\n"
+    body = b"Subject: early\r\n\r\nsent before the 354\r\n.\r\n"
+    conn.receive_data(EHLO + b"MAIL FROM:<a@b.test>\r\n" + rcpt + data + body + b"NOOP")
+    assert isinstance(conn.next_event(), Hello)
+    assert isinstance(conn.next_event(), MailFrom)
+    assert conn.unprocessed_bytes == len(rcpt + data + body + b"NOOP")
+    conn.accept()
+    assert isinstance(conn.next_event(), RcptTo)
+    conn.accept()
+    assert isinstance(conn.next_event(), DataStart)
+    # The client sent its message without waiting for the 354: a driver must not wait for it now.
+    assert conn.unprocessed_bytes == len(body + b"NOOP")
+    conn.accept()
+    assert isinstance(conn.next_event(), DataChunk)
+    assert isinstance(conn.next_event(), DataEnd)
+    conn.accept()
+    assert conn.next_event() is NEED_DATA
+    assert conn.unprocessed_bytes == len(b"NOOP")  # an incomplete line waits for its end
+
+
+def test_unprocessed_bytes_is_zero_when_every_command_is_handled() -> None:
+    conn = ServerConnection()
+    conn.receive_data(EHLO + b"MAIL FROM:<a@b.test>\r\n")
+    assert isinstance(conn.next_event(), Hello)
+    assert isinstance(conn.next_event(), MailFrom)
+    assert conn.unprocessed_bytes == 0
+    conn.accept()
+    assert conn.next_event() is NEED_DATA
+    assert conn.unprocessed_bytes == 0

@@ -108,7 +108,8 @@ class SMTPServer:
         self._session_ended = threading.Condition(self._lock)
         #: Open sessions, and the thread serving each (None until a thread took it).
         self._sessions: dict[_SocketTransport, threading.Thread | None] = {}
-        self._pool: ThreadPool[_SocketTransport] = ThreadPool(self._serve, "smtpproto-session")
+        #: The accept loop's threads (not on Linux, where the session threads accept themselves).
+        self._pool: ThreadPool[_SocketTransport] | None = None
         self._stop_accepting = _Wakeup()
         self._kill = _Wakeup()
         self._closed = threading.Event()
@@ -181,6 +182,7 @@ class SMTPServer:
         self._closed.wait()
 
     def _accept_loop(self) -> None:
+        pool = self._pool = ThreadPool(self._serve, "smtpproto-session")
         with selectors.DefaultSelector() as selector:
             for listener in self._listeners:
                 listener.setblocking(False)
@@ -192,7 +194,7 @@ class SMTPServer:
                         break
                     transport = self._accept(key.fileobj)  # type: ignore[arg-type]
                     if transport is not None:
-                        self._pool.submit(transport)
+                        pool.submit(transport)
 
     def _accept_in_session_threads(self) -> None:
         pools: list[tuple[socket.socket, AcceptingPool[_SocketTransport]]] = []
@@ -279,11 +281,12 @@ class SMTPServer:
             stuck = list(self._sessions)
         for transport in stuck:
             transport.abort()
-        self._pool.close()
         self._resolver.shutdown(wait=False, cancel_futures=True)
         if serving:
             # Closing the wake-up socket before the accept loop saw it would swallow the wake-up.
             self._accept_loop_done.wait()
+        if self._pool is not None:  # read once the accept loop is over: it creates the pool
+            self._pool.close()
         self._stop_accepting.close()
         self._kill.close()
         self._closed.set()

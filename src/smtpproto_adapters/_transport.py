@@ -21,8 +21,8 @@ Contract:
 * ``aclose()`` always releases the socket, even after errors.
 
 A transport may also have ``receive_commands(max_bytes, timeout, consume)`` (see :class:`ReceiveCommands`),
-the pump's fast path for commands on asyncio; the pump looks it up once per session and uses ``receive``
-where it is missing.
+the pump's fast path for commands (asyncio, blocking); the pump looks it up once per session and uses
+``receive`` where it is missing.
 """
 
 from __future__ import annotations
@@ -85,13 +85,17 @@ class Transport(Protocol):
 class ReceiveCommands(Protocol):
     """A transport's optional ``receive_commands(max_bytes, timeout, consume)``: ``receive`` with a fast path.
 
-    While it waits, each chunk that arrives goes straight to ``consume(chunk)``, called inside the transport's
-    read callback, which feeds it to the session synchronously and returns the replies to write, or ``None``
-    when the waiting task must run. The transport writes those replies at once and keeps waiting, or wakes the
-    task and returns ``None`` (the consumer has taken the chunk). Otherwise it behaves like ``receive`` (same
-    timeout, end of stream and errors), and returns received bytes itself when they were there before the
-    wait. Where writing would have to wait (the peer reads slowly) the transport does not call ``consume``.
-    An exception from ``consume`` is raised by this call.
+    Each chunk that arrives while it waits goes straight to ``consume(chunk)``, which feeds it to the session
+    synchronously and returns the replies to write, or ``None`` when the session's own loop must run. The
+    transport writes those replies and waits on, or returns ``None`` (the consumer has taken the chunk).
+    Otherwise it behaves like ``receive`` (same timeout, end of stream and errors), and returns received bytes
+    itself when they were there before the wait. An exception from ``consume``, or from the write, is raised
+    by this call.
+
+    On asyncio ``consume`` runs inside the protocol's read callback, so a command that needs no hook costs no
+    task wake-up; the transport does not call it while its writes are paused (the peer reads slowly), and
+    wakes the task instead. On the blocking backend it runs in the session's thread, between its ``recv()``
+    and ``send()`` calls, sparing the pump's loop a round per command.
     """
 
     async def __call__(

@@ -265,6 +265,44 @@ async def test_cancelling_serve_forever_tears_sessions_down(module: str) -> None
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("anyio_backend", "module"), STRUCTURED)
+async def test_cancelling_serve_forever_while_a_client_owes_its_message(module: str) -> None:
+    # After the 354 the session waits for the message (on asyncio with the message's turn already prepared
+    # for its task): a cancel must end it cleanly too, on_close included, with nothing left unawaited.
+    handler = Collector()
+    server = importlib.import_module(module).SMTPServer(handler, **DEFAULT_OPTIONS)
+    await server.listen(0)
+    received = bytearray()
+
+    async def codes(client: anyio.abc.ByteStream, count: int) -> list[bytes]:
+        """The codes of the next ``count`` replies."""
+        while True:
+            lines = received.split(b"\r\n")[:-1]
+            finals = [line[:3] for line in lines if line[3:4] == b" "]
+            if len(finals) >= count:
+                del received[:]
+                return finals
+            received.extend(await client.receive())
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve_forever)
+            client = await anyio.connect_tcp("127.0.0.1", server.port)
+            assert await codes(client, 1) == [b"220"]
+            await client.send(b"EHLO c.test\r\n")
+            assert await codes(client, 1) == [b"250"]
+            await client.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n")
+            assert await codes(client, 3) == [b"250", b"250", b"354"]
+            tg.cancel_scope.cancel()
+        with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+            await client.receive()
+        await client.aclose()
+    assert (len(handler.closed), handler.close_finished) == (1, 1)
+    assert handler.messages == []
+    assert server.statistics().connections_active == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("anyio_backend", "module"), STRUCTURED)
 async def test_close_before_serving_and_listen_while_serving(module: str) -> None:
     cls = importlib.import_module(module).SMTPServer
     with anyio.fail_after(10):

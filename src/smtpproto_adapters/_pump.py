@@ -104,10 +104,11 @@ class _Pump:
         self.hold_output = True  # nothing is written before on_connect has decided
         self.broken = False  # a write failed: never write again
         self.closed_event: smtpproto.ConnectionClosed | None = None
-        # A transport that can hand the commands it receives to _consume inside its read callback (asyncio's;
-        # see _transport.ReceiveCommands). Not while commands are logged: replies written there bypass _write.
-        receive_commands: ReceiveCommands | None = getattr(transport, "receive_commands", None)
-        self.receive_commands = None if self.commands.enabled else receive_commands
+        # Commands that need no hook are answered as they arrive (_consume), but not while the conversation
+        # is logged: replies written there bypass _write. A transport with receive_commands (asyncio's; see
+        # _transport.ReceiveCommands) runs _consume inside its read callback.
+        self.consuming = not self.commands.enabled
+        self.receive_commands: ReceiveCommands | None = getattr(transport, "receive_commands", None)
         #: The hook, TLS handshake or message that _consume left for the session's task to run.
         self.pending: _Turn | None = None
 
@@ -333,14 +334,16 @@ class _Pump:
     async def _fill(self, consume: bool = False) -> None:
         """Flush the replies, then feed the core what the client sends next (or end the session).
 
-        With ``consume`` (only _loop, waiting for commands) a transport that can runs :meth:`_consume` on what
-        arrives, in its read callback, and returns here only once that needs the task.
+        With ``consume`` (only _loop, waiting for commands) what arrives goes through :meth:`_consume`, which
+        answers the commands that need no hook at once: this returns only once an event needs the loop. A
+        transport with ``receive_commands`` (asyncio) runs it in its read callback; otherwise it runs here.
         """
         if not self.hold_output and (replies := self.conn.data_to_send()):
             await self._write(replies)  # _flush, inlined: this runs for every command
         if self.broken:
             self.conn.receive_data(b"")
             return
+        consume = consume and self.consuming
         try:
             if consume and self.receive_commands is not None:
                 received = await self.receive_commands(
@@ -351,6 +354,16 @@ class _Pump:
                 data = received
             else:
                 data = await self.transport.receive(READ_SIZE, self.options.socket_timeout)
+                while consume and data:
+                    answers = self._consume(data)
+                    if answers is None:
+                        return
+                    if answers:
+                        await self._write(answers)
+                        if self.broken:
+                            data = b""
+                            break
+                    data = await self.transport.receive(READ_SIZE, self.options.socket_timeout)
         except TimeoutError:
             self.log.info("idle for %ss: closing", self.options.socket_timeout)
             self.conn.shutdown(
@@ -369,12 +382,12 @@ class _Pump:
         self.conn.receive_data(data)
 
     def _consume(self, data: bytes) -> bytes | None:
-        """Do what :meth:`_loop` does with ``data``, synchronously, in the transport's read callback.
+        """Do what :meth:`_loop` does with ``data``, synchronously (on asyncio in the transport's read callback).
 
         Commands that need no hook (HELO, MAIL and RCPT without hooks, RSET, NOOP, …) are answered here, and
-        the replies returned for the transport to write at once: no task wake-up and no extra turn of the event
-        loop per command. Returns None when the task must run: an event that needs a hook, the TLS handshake
-        or the message (left in :attr:`pending`), or the end of the session.
+        the replies returned to be written at once: on asyncio no task wake-up and no extra turn of the event
+        loop per command, elsewhere no round of the loop. Returns None when the loop must run: an event that
+        needs a hook, the TLS handshake or the message (left in :attr:`pending`), or the end of the session.
         """
         conn = self.conn
         conn.receive_data(data)

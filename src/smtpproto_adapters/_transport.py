@@ -21,8 +21,8 @@ Contract:
 * ``aclose()`` always releases the socket, even after errors.
 
 A transport may also have ``receive_commands(max_bytes, timeout, consume)`` (see :class:`ReceiveCommands`),
-the pump's fast path for commands (asyncio, blocking); the pump looks it up once per session and uses
-``receive`` where it is missing.
+the pump's fast path for commands on asyncio; the pump looks it up once per session and uses ``receive``
+where it is missing.
 """
 
 from __future__ import annotations
@@ -92,10 +92,9 @@ class ReceiveCommands(Protocol):
     itself when they were there before the wait. An exception from ``consume``, or from the write, is raised
     by this call.
 
-    On asyncio ``consume`` runs inside the protocol's read callback, so a command that needs no hook costs no
-    task wake-up; the transport does not call it while its writes are paused (the peer reads slowly), and
-    wakes the task instead. On the blocking backend it runs in the session's thread, between its ``recv()``
-    and ``send()`` calls, sparing the pump's loop a round per command.
+    The asyncio transports have it: ``consume`` runs inside the protocol's read callback, so a command that
+    needs no hook costs no task wake-up. They do not call it while their writes are paused (the peer reads
+    slowly), and wake the task instead. Without it the pump runs ``consume`` on what ``receive`` returned.
     """
 
     async def __call__(

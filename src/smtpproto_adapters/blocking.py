@@ -25,7 +25,6 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -454,20 +453,6 @@ class _SocketTransport:
             raise TimeoutError
         self._set_sock_timeout(timeout)
         return sock.recv(max_bytes)
-
-    async def receive_commands(
-        self, max_bytes: int, timeout: float | None, consume: Callable[[bytes], bytes | None]
-    ) -> bytes | None:
-        """``receive`` that lets ``consume`` take each chunk and sends its replies (see ReceiveCommands)."""
-        while True:
-            data = await self.receive(max_bytes, timeout)
-            if not data:
-                return data
-            replies = consume(data)
-            if replies is None:
-                return None
-            if replies:
-                await self.send(replies)
 
     async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
         # A plain socket's recv(n) takes at most n octets off the kernel's buffer and nothing is buffered

@@ -336,7 +336,8 @@ class _Pump:
 
         With ``consume`` (only _loop, waiting for commands) what arrives goes through :meth:`_consume`, which
         answers the commands that need no hook at once: this returns only once an event needs the loop. A
-        transport with ``receive_commands`` (asyncio) runs it in its read callback; otherwise it runs here.
+        transport with ``receive_commands`` runs it itself (asyncio in its read callback); what that returns,
+        and everything from other transports, it runs here.
         """
         if not self.hold_output and (replies := self.conn.data_to_send()):
             await self._write(replies)  # _flush, inlined: this runs for every command
@@ -344,26 +345,26 @@ class _Pump:
             self.conn.receive_data(b"")
             return
         consume = consume and self.consuming
+        timeout = self.options.socket_timeout
         try:
-            if consume and self.receive_commands is not None:
-                received = await self.receive_commands(
-                    READ_SIZE, self.options.socket_timeout, self._consume
-                )
-                if received is None:  # _consume has taken it
-                    return
-                data = received
-            else:
-                data = await self.transport.receive(READ_SIZE, self.options.socket_timeout)
-                while consume and data:
-                    answers = self._consume(data)
-                    if answers is None:
+            while True:
+                if consume and self.receive_commands is not None:
+                    received = await self.receive_commands(READ_SIZE, timeout, self._consume)
+                    if received is None:  # _consume has taken it
                         return
-                    if answers:
-                        await self._write(answers)
-                        if self.broken:
-                            data = b""
-                            break
-                    data = await self.transport.receive(READ_SIZE, self.options.socket_timeout)
+                    data = received
+                else:
+                    data = await self.transport.receive(READ_SIZE, timeout)
+                if not consume or not data:
+                    break
+                answers = self._consume(data)
+                if answers is None:
+                    return
+                if answers:
+                    await self._write(answers)
+                    if self.broken:
+                        data = b""
+                        break
         except TimeoutError:
             self.log.info("idle for %ss: closing", self.options.socket_timeout)
             self.conn.shutdown(

@@ -21,8 +21,8 @@ Contract:
 * ``aclose()`` always releases the socket, even after errors.
 
 A transport may also have ``receive_commands(max_bytes, timeout, consume)`` (see :class:`ReceiveCommands`),
-the pump's fast path for commands on asyncio; the pump looks it up once per session and uses ``receive``
-where it is missing.
+the pump's fast path for commands (asyncio, blocking); the pump looks it up once per session and uses
+``receive`` where it is missing.
 """
 
 from __future__ import annotations
@@ -85,16 +85,17 @@ class Transport(Protocol):
 class ReceiveCommands(Protocol):
     """A transport's optional ``receive_commands(max_bytes, timeout, consume)``: ``receive`` with a fast path.
 
-    Each chunk that arrives while it waits goes straight to ``consume(chunk)``, which feeds it to the session
-    synchronously and returns the replies to write, or ``None`` when the session's own loop must run. The
-    transport writes those replies and waits on, or returns ``None`` (the consumer has taken the chunk).
-    Otherwise it behaves like ``receive`` (same timeout, end of stream and errors), and returns received bytes
-    itself when they were there before the wait. An exception from ``consume``, or from the write, is raised
-    by this call.
+    Each chunk that arrives while it waits may go straight to ``consume(chunk)``, which feeds it to the
+    session synchronously and returns the replies to write, or ``None`` when the session's own loop must run.
+    The transport writes those replies and waits on, or returns ``None`` (the consumer has taken the chunk).
+    It may also return received bytes untouched, as ``receive`` would (same timeout, end of stream and
+    errors): the pump then runs ``consume`` on them itself. An exception from ``consume``, or from the write,
+    is raised by this call.
 
-    The asyncio transports have it: ``consume`` runs inside the protocol's read callback, so a command that
-    needs no hook costs no task wake-up. They do not call it while their writes are paused (the peer reads
-    slowly), and wake the task instead. Without it the pump runs ``consume`` on what ``receive`` returned.
+    The asyncio transports run ``consume`` inside the protocol's read callback, so a command that needs no hook
+    costs no task wake-up (not while their writes are paused: then they wake the task). The blocking
+    transport parks the socket in the server's ``CommandReactor``, whose one thread runs ``consume`` for every
+    parked session, so that a command costs no GIL hand-off between session threads.
     """
 
     async def __call__(

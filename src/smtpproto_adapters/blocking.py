@@ -25,11 +25,13 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
 from . import _blocking_pool
 from ._blocking_pool import AcceptingPool, ThreadPool, leave_signals_to_the_main_thread
+from ._blocking_reactor import CommandReactor, Unsent
 from ._hooks import Hook
 from ._options import ServerOptions
 from ._pump import run_session
@@ -53,6 +55,14 @@ _WAIT_IN_RECV = sys.platform.startswith("linux")
 #: ``AcceptingPool``), ended by the listener's SO_RCVTIMEO and by shutdown() at close. Linux only, for those
 #: two: elsewhere the calling thread accepts in a selector loop and hands each connection to a ThreadPool.
 _ACCEPT_IN_SESSION_THREADS = sys.platform.startswith("linux")
+
+#: A plaintext session waiting for commands parks its socket in the server's CommandReactor, whose one thread
+#: answers every hook-less command (see ``_blocking_reactor``). Linux only (epoll), as waiting in recv() is.
+_COMMANDS_IN_REACTOR = sys.platform.startswith("linux")
+
+#: After a park in which the reactor answered fewer than two chunks (the client pipelines), how many
+#: command waits the session does in its own thread before it parks again.
+_WAITS_BETWEEN_PARKS = 16
 
 #: How much one recv() under TLS takes off the kernel's buffer: several 16 KiB records at once.
 _TLS_READ_SIZE = 65536
@@ -120,6 +130,11 @@ class SMTPServer:
             4, "smtpproto-dns", initializer=leave_signals_to_the_main_thread
         )
         self._runner = _Runner(self._resolver)
+        self._reactor = (
+            CommandReactor(self._state.options.socket_timeout)
+            if _COMMANDS_IN_REACTOR and _WAIT_IN_RECV
+            else None
+        )
 
     @property
     def options(self) -> ServerOptions:
@@ -287,6 +302,8 @@ class SMTPServer:
             self._accept_loop_done.wait()
         if self._pool is not None:  # read once the accept loop is over: it creates the pool
             self._pool.close()
+        if self._reactor is not None:
+            self._reactor.close()
         self._stop_accepting.close()
         self._kill.close()
         self._closed.set()
@@ -359,6 +376,9 @@ class _SocketTransport:
         self.remote_address, self.remote_port = _address(peer)
         self.local_address, self.local_port = _address(sock.getsockname())
         self._send_timeout = server.options.socket_timeout
+        self._reactor = server._reactor
+        #: How many more command waits happen in this thread, not in the reactor (see receive_commands).
+        self._waits_here = 0
         #: Serialises wake() with start_tls() and aclose(): never shut down a socket that was closed (its
         #: descriptor may belong to a new connection by then) or one in a TLS handshake.
         self._lock = threading.Lock()
@@ -453,6 +473,47 @@ class _SocketTransport:
             raise TimeoutError
         self._set_sock_timeout(timeout)
         return sock.recv(max_bytes)
+
+    async def receive_commands(
+        self, max_bytes: int, timeout: float | None, consume: Callable[[bytes], bytes | None]
+    ) -> bytes | None:
+        """Wait for commands in the server's reactor, which runs ``consume`` (see ReceiveCommands).
+
+        TLS sessions, and sockets that wait in a selector, receive here instead: the pump consumes that.
+        """
+        reactor = self._reactor
+        if (
+            reactor is None
+            or self._tls is not None
+            or self._selector is not None
+            or timeout != reactor.timeout
+            or self._waits_here
+        ):
+            if self._waits_here:
+                self._waits_here -= 1
+            return await self.receive(max_bytes, timeout)
+        kill = self._kill.flag
+        while True:
+            if kill.is_set():
+                raise ShutdownRequested
+            try:
+                result, served = reactor.park(self._sock, consume)
+            except TimeoutError:
+                if kill.is_set():
+                    raise ShutdownRequested from None
+                raise
+            if type(result) is Unsent:
+                # The client reads slowly: wait for it here, under SO_SNDTIMEO, then park again.
+                with self._guard:
+                    self._send_raw(result)
+                continue
+            if result == b"" and kill.is_set():  # wake() ends the wait with EOF
+                raise ShutdownRequested
+            if served < 2:
+                # A client that pipelines sends its commands in one chunk: parking costs more system calls
+                # than it saves hand-offs. Wait in this thread for a while, then try again.
+                self._waits_here = _WAITS_BETWEEN_PARKS
+            return result
 
     async def receive_before_tls(self, max_bytes: int, timeout: float | None) -> bytes:
         # A plain socket's recv(n) takes at most n octets off the kernel's buffer and nothing is buffered

@@ -19,6 +19,14 @@ from smtpproto_adapters import blocking
 
 from .clients import MemoryTLSClient, RawClient, starttls_client, unverified_context, wait_until
 from .conftest import BACKENDS, Backend, Recorder, linux_only_mode
+from .test_command_path import (
+    test_a_client_that_never_reads_its_replies_is_cut_off,
+    test_close_while_the_client_owes_its_message,
+    test_each_command_restarts_the_idle_timeout,
+    test_message_sent_before_the_354_is_delivered,
+    test_messages_back_to_back,
+    test_silence_after_the_354_times_out,
+)
 from .test_connections import (
     test_client_stalled_mid_data_times_out,
     test_close_lets_a_message_finish_and_421s_the_idle,
@@ -33,14 +41,20 @@ from .test_trio_tls_sockets import (
 )
 
 __all__ = [
+    "test_a_client_that_never_reads_its_replies_is_cut_off",
     "test_a_handshake_that_never_comes_times_out",
     "test_a_large_message_over_tls",
     "test_a_tls_client_that_never_reads_its_replies_is_cut_off",
     "test_client_stalled_mid_data_times_out",
     "test_close_lets_a_message_finish_and_421s_the_idle",
     "test_close_reaches_an_idle_tls_session",
+    "test_close_while_the_client_owes_its_message",
+    "test_each_command_restarts_the_idle_timeout",
     "test_idle_client_times_out",
     "test_idle_tls_session_gets_its_421_and_close_notify",
+    "test_message_sent_before_the_354_is_delivered",
+    "test_messages_back_to_back",
+    "test_silence_after_the_354_times_out",
 ]
 
 
@@ -49,8 +63,12 @@ def backend() -> Backend:
     return BACKENDS["blocking"]
 
 
-@pytest.fixture(autouse=True, params=["recv", "selector"])
+@pytest.fixture(autouse=True, params=["reactor", "recv", "selector"])
 def wait_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Sessions wait for commands in the reactor, in recv() in their own thread, or in a selector."""
+    monkeypatch.setattr(blocking, "_COMMANDS_IN_REACTOR", request.param == "reactor")
+    if request.param == "reactor":
+        return linux_only_mode(request, monkeypatch, "_WAIT_IN_RECV", "reactor")
     return linux_only_mode(request, monkeypatch, "_WAIT_IN_RECV", "recv")
 
 

@@ -5,7 +5,7 @@ GIL: with many busy sessions every release is a hand-off to another thread (a fu
 switch or two), and a client that waits for each reply (SMTP without PIPELINING, LMTP with several
 recipients) costs two of them per command. Instead, a session that waits for commands parks its socket here
 (:meth:`CommandReactor.park`), and its thread sleeps: the reactor reads each chunk the client sends, has the
-session's pump take it (``consume``, see the pump's ``ReceiveCommands``) and sends the replies, itself,
+session's pump take it (``consume``, see ``_transport.ReceiveCommands``) and sends the replies itself,
 until the pump needs the session's thread (a hook, the message, STARTTLS, the end), the client goes away, the
 idle timeout passes or a send would block; then it hands the session back. Hooks still run in the session's
 thread, as before.
@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable
 
 from ._blocking_pool import leave_signals_to_the_main_thread
+from ._pump import READ_SIZE
 
-__all__ = ["CommandReactor"]
+__all__ = ["CommandReactor", "Unsent"]
 
-#: How much one read takes (the pump's READ_SIZE).
-_READ_SIZE = 65536
+#: The reactor's reads and sends never wait (the module imports everywhere; it runs on Linux only).
 _NO_WAIT = socket.MSG_DONTWAIT if hasattr(socket, "MSG_DONTWAIT") else 0
 
 
@@ -163,7 +163,7 @@ class CommandReactor:
         """Read what the client sent and let the session's pump answer it, or hand the session back."""
         sock = parked.sock
         try:
-            data = sock.recv(_READ_SIZE, _NO_WAIT)
+            data = sock.recv(READ_SIZE, _NO_WAIT)
         except BlockingIOError:
             return
         except OSError as exc:

@@ -62,7 +62,7 @@ _COMMANDS_IN_REACTOR = sys.platform.startswith("linux")
 
 #: After a park in which the reactor answered fewer than two chunks (the client pipelines), how many
 #: command waits the session does in its own thread before it parks again.
-_WAITS_BETWEEN_PARKS = 16
+_WAITS_BETWEEN_PARKS = 256
 
 #: How much one recv() under TLS takes off the kernel's buffer: several 16 KiB records at once.
 _TLS_READ_SIZE = 65536

@@ -7,6 +7,7 @@ import datetime
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,27 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
+
+
+class Flood:
+    """Sends ``data`` on ``sock`` from a thread, never reading: until all is sent or the server gives up."""
+
+    def __init__(self, sock: socket.socket, data: bytes) -> None:
+        self._sock = sock
+        self._data = data
+        #: Set when all of ``data`` went out (the server kept reading).
+        self.sent_all = threading.Event()
+        self.started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError):  # the server gave up on the connection
+            self._sock.sendall(self._data)
+            self.sent_all.set()
+
+    def join(self) -> None:
+        self._thread.join(10)
 
 
 class RawClient:

@@ -7,12 +7,10 @@ idle timeout and what reaches the hooks must be exactly what the other backends 
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
 import time
 
-from .clients import RawClient
+from .clients import Flood, RawClient
 from .conftest import Recorder
 
 TIMEOUT = 0.6
@@ -131,24 +129,16 @@ def test_a_client_that_never_reads_its_replies_is_cut_off(start_server) -> None:
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.connect(("127.0.0.1", server.port))
     # 24 MB: more than the socket buffers on both sides hold.
-    commands = b"EHLO c.test\r\n" + b"NOOP\r\n" * 4_000_000
-    sent_all = threading.Event()
-
-    def flood() -> None:
-        with contextlib.suppress(OSError):  # the server gave up on the connection
-            stalled.sendall(commands)
-            sent_all.set()
-
-    writer = threading.Thread(target=flood, daemon=True)
-    started = time.monotonic()
-    writer.start()
+    flood = Flood(stalled, b"EHLO c.test\r\n" + b"NOOP\r\n" * 4_000_000)
     try:
         rec.wait_closed(1, 20)
-        assert time.monotonic() - started >= TIMEOUT * 0.9
+        assert time.monotonic() - flood.started >= TIMEOUT * 0.9
         other = _greeted(server.port)  # meanwhile the server serves others as usual
         other.expect("QUIT", 221)
         other.close()
     finally:
         stalled.close()
-        writer.join(10)
-    assert not sent_all.is_set()  # the server stopped reading: the client could not send it all
+        flood.join()
+    assert (
+        not flood.sent_all.is_set()
+    )  # the server stopped reading: the client could not send it all

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 
 import pytest
 
-from .clients import RawClient, starttls_client, wait_until
+from .clients import Flood, RawClient, starttls_client, wait_until
 from .conftest import BACKENDS, Recorder
 
 pytestmark = pytest.mark.parametrize("backend", [BACKENDS["trio"]], ids=["trio"])
@@ -70,22 +69,14 @@ def test_a_tls_client_that_never_reads_its_replies_is_cut_off(start_server) -> N
     server = start_server(rec, socket_timeout=TIMEOUT)
     client = starttls_client(server.port, strict_eof=True)
     client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    commands = b"NOOP\r\n" * 1_000_000
-
-    def flood() -> None:
-        with contextlib.suppress(OSError):  # the server gave up on the connection
-            client.sock.sendall(commands)
-
-    writer = threading.Thread(target=flood, daemon=True)
-    started = time.monotonic()
-    writer.start()
+    flood = Flood(client.sock, b"NOOP\r\n" * 1_000_000)
     try:
         rec.wait_closed(1, 20)
-        assert time.monotonic() - started >= TIMEOUT * 0.9
+        assert time.monotonic() - flood.started >= TIMEOUT * 0.9
     finally:
         with contextlib.suppress(OSError):  # already reset by the server
             client.sock.shutdown(socket.SHUT_RDWR)
-        writer.join(10)
+        flood.join()
         client.close()
 
 

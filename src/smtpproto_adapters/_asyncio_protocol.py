@@ -5,12 +5,14 @@ connection: the transport reads into a buffer shared by all the server's connect
 copies what arrived out of it at once into a queue of chunks, and the session's one task takes them with
 :meth:`ReadQueue._take`, after awaiting :meth:`ReadQueue._readable` when the queue is empty. Reading pauses while
 too much waits in the queue (TCP back-pressure), and a single timer per connection times out the waits.
+TLS (STARTTLS and implicit) runs in memory in the same protocol: an ``ssl.SSLObject`` between two BIOs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -26,6 +28,8 @@ __all__ = ["ReadQueue"]
 # Stop reading the socket while this much received data waits for the pump (TCP back-pressure).
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
+#: The most one SSL_read returns (records are at most 16 KiB: this takes any).
+_TLS_READ_SIZE = 65536
 
 
 class ReadQueue(asyncio.BufferedProtocol):
@@ -47,8 +51,13 @@ class ReadQueue(asyncio.BufferedProtocol):
         self._timed: asyncio.Future[None] | None = None  # the wait that the timer times
         self._wait_started = 0.0
         self._wait_timeout = 0.0
-        #: Whether the transport is the TLS transport of loop.start_tls.
+        #: Whether TLS is on (after the handshake): the transport carries records of ``_ssl``.
         self._tls = False
+        #: TLS in memory: the session's SSLObject between two BIOs (records in, records out).
+        self._ssl: ssl.SSLObject | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._handshaking = False
         self._interrupted = False
         # The pump's consumer while the task waits in receive_commands (cleared by every wake-up), and whether
         # it took the chunk that woke the task.
@@ -62,13 +71,26 @@ class ReadQueue(asyncio.BufferedProtocol):
         return self._read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        data = self._read_buffer[:nbytes].tobytes()
+        if self._ssl is None:
+            data = self._read_buffer[:nbytes].tobytes()
+        else:
+            self._incoming.write(self._read_buffer[:nbytes])
+            if self._handshaking:
+                self._wake()  # the handshake goes on in _start_tls
+                return
+            data = self._decrypt()
+            if not data:
+                return
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
+        """Plaintext from the client: to the pump's consumer at once, or into the queue for the task."""
         consume = self._consume
         if consume is not None and not self._writing_paused:
             self._give(consume, data)
             return
         self._chunks.append(data)
-        self._queued += nbytes
+        self._queued += len(data)
         if self._queued >= _HIGH_WATER and not self._reading_paused and self._transport:
             self._reading_paused = True
             self._transport.pause_reading()
@@ -108,7 +130,7 @@ class ReadQueue(asyncio.BufferedProtocol):
             self._wake()
             return
         if replies and self._transport is not None:
-            self._transport.write(replies)
+            self._write(replies)
         self._wait_started = self._loop.time()  # the idle timeout counts from the last command
 
     def _wake(self, exc: BaseException | None = None) -> None:
@@ -222,7 +244,7 @@ class ReadQueue(asyncio.BufferedProtocol):
         implicit TLS: what follows it is the ClientHello, for :meth:`_start_tls` to read).
 
         The transport hands this protocol whatever one recv() got (up to 256 KiB), which would swallow the
-        ClientHello, and start_tls drops it. A BufferedProtocol is read into the buffer it provides instead,
+        ClientHello, and _start_tls drops it. A BufferedProtocol is read into the buffer it provides instead,
         so for this one read :class:`_BoundedRead` stands in, with a buffer of exactly ``max_bytes``, and
         stops the transport's reading as soon as it has its octets.
         """
@@ -242,7 +264,7 @@ class ReadQueue(asyncio.BufferedProtocol):
             self._waiter = None
             if handle is not None:
                 handle.cancel()
-            transport.pause_reading()  # start_tls resumes it, with its own protocol in place
+            transport.pause_reading()  # _start_tls resumes it
             transport.set_protocol(self)
         if reader.data:
             return reader.data
@@ -253,10 +275,12 @@ class ReadQueue(asyncio.BufferedProtocol):
     async def _start_tls(
         self, context: ssl.SSLContext, timeout: float | None, setup: TLSSetup | None
     ) -> TLSInfo:
-        """The server side of a TLS handshake with ``loop.start_tls``; this protocol then reads plaintext.
+        """The server side of a TLS handshake, in memory: an ``ssl.SSLObject`` between two BIOs.
 
-        For implicit TLS the transport must have been paused from the start, so that the ClientHello is still
-        in the kernel.
+        The transport keeps carrying bytes to this protocol, which now hands them to OpenSSL and reads the
+        plaintext back (asyncio's ``loop.start_tls`` puts a layer of its own in between that cost about a
+        quarter of this server's CPU per message). For implicit TLS the transport has been paused from the
+        start, so that the ClientHello is still in the kernel; reading resumes here.
         """
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -265,22 +289,109 @@ class ReadQueue(asyncio.BufferedProtocol):
         self._chunks.clear()
         self._queued = 0
         self._reading_paused = False
+        ssl_object = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._ssl, self._handshaking = ssl_object, True
+        deadline = None if timeout is None else self._loop.time() + timeout
+        transport.resume_reading()
         try:
-            new = await self._loop.start_tls(
-                transport, self, context, server_side=True, ssl_handshake_timeout=timeout
-            )
-        except BaseException:
-            # The transport now belongs to its SSL protocol, which never reports a loss during the handshake
-            # to us: without this, closing would wait for a connection_lost that does not come.
-            transport.close()
-            self.connection_lost(None)
+            while True:
+                try:
+                    ssl_object.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    self._flush_tls()
+                await self._handshake_data(deadline)
+        except ssl.SSLError:
+            self._flush_tls()  # the alert tells the client why
             raise
-        if new is None:
-            self.connection_lost(None)
-            raise ConnectionResetError("connection closed during the TLS handshake")
-        self._transport, self._tls = new, True
-        ssl_object = new.get_extra_info("ssl_object")
+        finally:
+            self._handshaking = False
+        self._flush_tls()  # the last flight, session tickets
+        self._tls = True
+        data = self._decrypt()  # what the client sent right behind its Finished
+        if data:
+            self._chunks.append(data)
+            self._queued += len(data)
         return tls_info(ssl_object, setup.servername(ssl_object) if setup else None)
+
+    async def _handshake_data(self, deadline: float | None) -> None:
+        """Wait for more of the client's handshake (TimeoutError at ``deadline``).
+
+        ``close()`` does not cut a handshake short: it runs on to its own timeout, and the first receive
+        after it raises ShutdownRequested.
+        """
+        if self._eof or self._error is not None:
+            raise ConnectionResetError("connection closed during the TLS handshake")
+        handle = None
+        if deadline is not None:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                raise TimeoutError("TLS handshake timed out")
+            handle = self._loop.call_later(remaining, self._wake, TimeoutError())
+        waiter = self._waiter = self._loop.create_future()
+        try:
+            await waiter
+        except ShutdownRequested:
+            pass
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+
+    def _decrypt(self) -> bytes:
+        """The plaintext of every whole record received (the end of the stream at the client's close_notify)."""
+        ssl_object = self._ssl
+        assert ssl_object is not None
+        incoming = self._incoming
+        parts: list[bytes] = []
+        try:
+            # One SSL_read per record; stop when nothing is left, rather than on the SSLWantReadError of
+            # one more read (an exception per chunk).
+            while True:
+                part = ssl_object.read(_TLS_READ_SIZE)
+                if not part:
+                    break
+                parts.append(part)
+                if not ssl_object.pending() and not incoming.pending:
+                    break
+        except ssl.SSLWantReadError:  # the rest of a record is still on its way
+            pass
+        except ssl.SSLZeroReturnError:  # the client's close_notify
+            self._connection_ended(None)
+        except ssl.SSLError as exc:
+            self._connection_ended(exc)
+            if self._transport is not None:
+                self._transport.abort()
+        self._flush_tls()  # e.g. the answer to a TLS 1.3 KeyUpdate
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
+
+    def _write(self, data: bytes) -> None:
+        """Hand ``data`` to the transport (encrypted once TLS is on); the transport sends what it can at once."""
+        transport = self._transport
+        assert transport is not None
+        ssl_object = self._ssl
+        if ssl_object is not None:
+            ssl_object.write(data)  # never blocks: the records go to memory
+            data = self._outgoing.read()
+        transport.write(data)
+
+    def _flush_tls(self) -> None:
+        """Send the records OpenSSL has written to memory (handshake flights, alerts, close_notify)."""
+        transport = self._transport
+        if self._outgoing.pending and transport is not None and not transport.is_closing():
+            transport.write(self._outgoing.read())
+
+    def _close_tls(self) -> None:
+        """Queue our close_notify, for the transport's close() to send before the end of the stream."""
+        ssl_object = self._ssl
+        if ssl_object is None or self._handshaking or not self._tls:
+            return
+        # Raises SSLWantReadError once ours is written, as the client's close_notify is not in yet.
+        with contextlib.suppress(ssl.SSLError, ValueError):
+            ssl_object.unwrap()
+        self._flush_tls()
 
 
 class _BoundedRead(asyncio.BufferedProtocol):

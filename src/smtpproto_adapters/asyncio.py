@@ -1,4 +1,4 @@
-"""SMTPServer on asyncio: one Protocol and one task per connection, STARTTLS through ``loop.start_tls``.
+"""SMTPServer on asyncio: one Protocol and one task per connection, TLS in memory in that protocol.
 
 Usage::
 
@@ -214,7 +214,7 @@ class _Connection(ReadQueue):
         # Only one task runs at a time: a plain flag catches a second writer (a bug) like SendGuard does.
         if self._sending:
             raise RuntimeError("another task or thread is already sending on this connection")
-        transport.write(data)
+        self._write(data)
         if self._writing_paused:
             self._sending = True
             try:
@@ -233,10 +233,10 @@ class _Connection(ReadQueue):
         transport = self._transport
         if transport is None:
             return
-        # An open plaintext transport with nothing left to write reports the loss on the next loop turn.
-        prompt = (
-            not self._tls and not transport.is_closing() and transport.get_write_buffer_size() == 0
-        )
+        if not transport.is_closing():
+            self._close_tls()
+        # An open transport with nothing left to write reports the loss on the next loop turn.
+        prompt = not transport.is_closing() and transport.get_write_buffer_size() == 0
         if not transport.is_closing():
             transport.close()
         if self._lost.done():

@@ -17,7 +17,7 @@ import pytest
 
 from smtpproto_adapters import blocking
 
-from .clients import MemoryTLSClient, RawClient, starttls_client, unverified_context, wait_until
+from .clients import RawClient, starttls_client, unverified_context, wait_until
 from .conftest import BACKENDS, Backend, Recorder, linux_only_mode
 from .test_command_path import (
     test_a_client_that_never_reads_its_replies_is_cut_off,
@@ -32,6 +32,10 @@ from .test_connections import (
     test_close_lets_a_message_finish_and_421s_the_idle,
     test_idle_client_times_out,
 )
+from .test_tls import (
+    test_a_command_in_the_same_write_as_the_handshake_finished,
+    test_tls_records_that_arrive_together_or_in_pieces,
+)
 from .test_trio_tls_sockets import (
     test_a_handshake_that_never_comes_times_out,
     test_a_large_message_over_tls,
@@ -42,6 +46,7 @@ from .test_trio_tls_sockets import (
 
 __all__ = [
     "test_a_client_that_never_reads_its_replies_is_cut_off",
+    "test_a_command_in_the_same_write_as_the_handshake_finished",
     "test_a_handshake_that_never_comes_times_out",
     "test_a_large_message_over_tls",
     "test_a_tls_client_that_never_reads_its_replies_is_cut_off",
@@ -55,6 +60,7 @@ __all__ = [
     "test_message_sent_before_the_354_is_delivered",
     "test_messages_back_to_back",
     "test_silence_after_the_354_times_out",
+    "test_tls_records_that_arrive_together_or_in_pieces",
 ]
 
 
@@ -121,29 +127,6 @@ def test_session_threads_are_reused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- TLS over memory BIOs: the socket waits as a plain one does, OpenSSL decrypts what one recv() brought --
-
-
-def test_tls_records_that_arrive_together_or_in_pieces(start_server) -> None:
-    rec = Recorder()
-    server = start_server(rec, secure=True)
-    client = MemoryTLSClient(server.port, b"")
-    assert client.reply()[0] == 220
-    # Three records in one TCP write: the later two are served from memory, without a recv().
-    for line in (b"EHLO c.test\r\n", b"NOOP\r\n", b"NOOP\r\n"):
-        client.tls.write(line)
-    client.sock.sendall(client._outgoing.read())
-    assert client.reply()[0] == 250
-    assert [client.reply()[0] for _ in range(2)] == [250, 250]
-    # One record cut in two writes: the first recv() brings half a record, the next one the rest.
-    client.tls.write(b"NOOP\r\n")
-    record = client._outgoing.read()
-    client.sock.sendall(record[:4])
-    time.sleep(0.2)
-    client.sock.sendall(record[4:])
-    assert client.reply()[0] == 250
-    client.expect("QUIT", 221)
-    client.close()
-    rec.wait_closed()
 
 
 def test_close_during_a_handshake_lets_it_finish_then_421s(start_server) -> None:

@@ -15,7 +15,13 @@ import pytest
 
 from smtpproto_adapters import SMTPError
 
-from .clients import RawClient, certificate_common_name, unverified_context, wait_until
+from .clients import (
+    MemoryTLSClient,
+    RawClient,
+    certificate_common_name,
+    unverified_context,
+    wait_until,
+)
 from .conftest import Certificates, Recorder
 
 BODY = b"Subject: tls\r\n\r\nover TLS\r\n"
@@ -321,3 +327,58 @@ def test_curl(start_server, tmp_path, use_tls) -> None:
     [stored] = rec.stored
     assert stored.body == message.read_bytes()
     assert stored.transmission_type == ("ESMTPS" if use_tls else "ESMTP")
+
+
+def test_tls_records_that_arrive_together_or_in_pieces(start_server) -> None:
+    rec = Recorder()
+    server = start_server(rec, secure=True)
+    client = MemoryTLSClient(server.port, b"")
+    assert client.reply()[0] == 220
+    # Three records in one TCP write: the later two are served from memory, without a recv().
+    for line in (b"EHLO c.test\r\n", b"NOOP\r\n", b"NOOP\r\n"):
+        client.tls.write(line)
+    client.sock.sendall(client._outgoing.read())
+    assert client.reply()[0] == 250
+    assert [client.reply()[0] for _ in range(2)] == [250, 250]
+    # One record cut in two writes: the first recv() brings half a record, the next one the rest.
+    client.tls.write(b"NOOP\r\n")
+    record = client._outgoing.read()
+    client.sock.sendall(record[:4])
+    time.sleep(0.2)
+    client.sock.sendall(record[4:])
+    assert client.reply()[0] == 250
+    client.expect("QUIT", 221)
+    client.close()
+    rec.wait_closed()
+
+
+def test_a_command_in_the_same_write_as_the_handshake_finished(start_server) -> None:
+    # The client's last handshake flight and its first command arrive in one read: the command must be
+    # answered, not left in the TLS layer until the client sends more.
+    rec = Recorder()
+    server = start_server(rec)
+    plain = RawClient(server.port)
+    assert plain.reply()[0] == 220
+    plain.expect("EHLO c.test", 250)
+    plain.expect("STARTTLS", 220)
+    sock = plain.sock
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = unverified_context().wrap_bio(incoming, outgoing)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(outgoing.read())
+            incoming.write(sock.recv(65536))
+    tls.write(b"NOOP\r\n")
+    sock.sendall(outgoing.read())  # the client's Finished (TLS 1.3) and the NOOP together
+    replies = b""
+    while b"\r\n" not in replies:
+        try:
+            replies += tls.read(65536)
+        except ssl.SSLWantReadError:
+            incoming.write(sock.recv(65536))
+    assert replies.startswith(b"250 ")
+    plain.close()
+    rec.wait_closed()

@@ -53,10 +53,11 @@ class ReadQueue(asyncio.BufferedProtocol):
         self._wait_timeout = 0.0
         #: Whether TLS is on (after the handshake): the transport carries records of ``_ssl``.
         self._tls = False
-        #: TLS in memory: the session's SSLObject between two BIOs (records in, records out).
+        #: TLS in memory: the session's SSLObject between two BIOs (records in, records out), made by
+        #: _start_tls (two BIOs cost an idle plaintext connection about 2 KiB).
         self._ssl: ssl.SSLObject | None = None
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
+        self._incoming: ssl.MemoryBIO
+        self._outgoing: ssl.MemoryBIO
         self._handshaking = False
         self._interrupted = False
         # The pump's consumer while the task waits in receive_commands (cleared by every wake-up), and whether
@@ -289,6 +290,7 @@ class ReadQueue(asyncio.BufferedProtocol):
         self._chunks.clear()
         self._queued = 0
         self._reading_paused = False
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         ssl_object = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._ssl, self._handshaking = ssl_object, True
         deadline = None if timeout is None else self._loop.time() + timeout

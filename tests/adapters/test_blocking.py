@@ -34,6 +34,7 @@ from .test_connections import (
 )
 from .test_tls import (
     test_a_command_in_the_same_write_as_the_handshake_finished,
+    test_a_failed_handshake_still_sends_its_alert,
     test_tls_records_that_arrive_together_or_in_pieces,
 )
 from .test_trio_tls_sockets import (
@@ -47,6 +48,7 @@ from .test_trio_tls_sockets import (
 __all__ = [
     "test_a_client_that_never_reads_its_replies_is_cut_off",
     "test_a_command_in_the_same_write_as_the_handshake_finished",
+    "test_a_failed_handshake_still_sends_its_alert",
     "test_a_handshake_that_never_comes_times_out",
     "test_a_large_message_over_tls",
     "test_a_tls_client_that_never_reads_its_replies_is_cut_off",
@@ -157,17 +159,3 @@ def test_the_clients_close_notify_ends_the_session(start_server) -> None:
     plain.close()
     rec.wait_closed()
     assert server.statistics().connections_active == 0
-
-
-def test_a_failed_handshake_still_sends_its_alert(start_server) -> None:
-    rec = Recorder()
-    server = start_server(rec)
-    client = RawClient(server.port)
-    assert client.reply()[0] == 220
-    client.expect("EHLO c.test", 250)
-    client.expect("STARTTLS", 220)
-    client.send(b"\x16\x03\x01\x00\x05garbage that is no ClientHello\r\n")
-    assert client.rest()[:1] == b"\x15"  # OpenSSL's alert record, written to memory, then sent
-    client.close()
-    rec.wait_closed()
-    assert server.statistics().tls_failures == 1

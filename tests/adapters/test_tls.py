@@ -382,3 +382,17 @@ def test_a_command_in_the_same_write_as_the_handshake_finished(start_server) -> 
     assert replies.startswith(b"250 ")
     plain.close()
     rec.wait_closed()
+
+
+def test_a_failed_handshake_still_sends_its_alert(start_server) -> None:
+    rec = Recorder()
+    server = start_server(rec)
+    client = RawClient(server.port)
+    assert client.reply()[0] == 220
+    client.expect("EHLO c.test", 250)
+    client.expect("STARTTLS", 220)
+    client.send(b"\x16\x03\x01\x00\x05garbage that is no ClientHello\r\n")
+    assert client.rest()[:1] == b"\x15"  # OpenSSL's alert record goes out before the close
+    client.close()
+    rec.wait_closed()
+    assert server.statistics().tls_failures == 1

@@ -68,13 +68,13 @@ class CommandReactor:
     def __init__(self, timeout: float) -> None:
         #: The idle timeout of every wait here.
         self.timeout = timeout
-        self._epoll = select.epoll()
         self._lock = threading.Lock()
         #: Parked sessions by descriptor, the longest idle first.
         self._parked: collections.OrderedDict[int, _Parked] = collections.OrderedDict()
-        self._wakeup_read, self._wakeup_write = socket.socketpair()
-        self._wakeup_read.setblocking(False)
-        self._epoll.register(self._wakeup_read.fileno(), select.EPOLLIN)
+        # Made with the thread, at the first park: a server that never serves holds no descriptors for them.
+        self._epoll: select.epoll
+        self._wakeup_read: socket.socket
+        self._wakeup_write: socket.socket
         self._thread: threading.Thread | None = None
         self._closed = False
         self._waiting_forever = False  # the reactor waits with no deadline: park() must wake it
@@ -95,9 +95,7 @@ class CommandReactor:
             if self._closed:
                 return b"", 0
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="smtpproto-commands")
-                self._thread.daemon = True
-                self._thread.start()
+                self._start()
             self._parked[parked.fd] = parked
             wake, self._waiting_forever = self._waiting_forever, False
         try:  # level-triggered: a chunk that is already there is reported at once
@@ -119,13 +117,23 @@ class CommandReactor:
         with self._lock:
             self._closed = True
             thread = self._thread
+        if thread is None:
+            return
         with contextlib.suppress(OSError):
             self._wakeup_write.send(b"!")
-        if thread is not None:
-            thread.join()
+        thread.join()
         self._epoll.close()
         self._wakeup_read.close()
         self._wakeup_write.close()
+
+    def _start(self) -> None:
+        """The epoll set, the wake-up socket pair and the thread; under _lock."""
+        self._epoll = select.epoll()
+        self._wakeup_read, self._wakeup_write = socket.socketpair()
+        self._wakeup_read.setblocking(False)
+        self._epoll.register(self._wakeup_read.fileno(), select.EPOLLIN)
+        self._thread = threading.Thread(target=self._run, name="smtpproto-commands", daemon=True)
+        self._thread.start()
 
     # -- the reactor thread ---------------------------------------------------------------------------
 

@@ -183,15 +183,21 @@ def unverified_context() -> ssl.SSLContext:
     return context
 
 
+def before_handshake(port: int) -> RawClient:
+    """A client greeted, through EHLO and STARTTLS: what it sends next belongs to the TLS handshake."""
+    client = RawClient(port)
+    assert client.reply()[0] == 220
+    client.expect("EHLO c.test", 250)
+    client.expect("STARTTLS", 220)
+    return client
+
+
 def starttls_client(port: int, *, strict_eof: bool = False) -> RawClient:
     """A client greeted, through EHLO, STARTTLS and the handshake, and greeted again inside TLS.
 
     ``strict_eof``: a close without the server's close_notify is an error, not an end of stream.
     """
-    client = RawClient(port)
-    assert client.reply()[0] == 220
-    client.expect("EHLO c.test", 250)
-    client.expect("STARTTLS", 220)
+    client = before_handshake(port)
     client.start_tls(unverified_context())
     if strict_eof:
         assert isinstance(client.sock, ssl.SSLSocket)

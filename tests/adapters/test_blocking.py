@@ -17,7 +17,7 @@ import pytest
 
 from smtpproto_adapters import blocking
 
-from .clients import RawClient, starttls_client, unverified_context, wait_until
+from .clients import RawClient, before_handshake, starttls_client, unverified_context, wait_until
 from .conftest import BACKENDS, Backend, Recorder, linux_only_mode
 from .test_command_path import (
     test_a_client_that_never_reads_its_replies_is_cut_off,
@@ -134,10 +134,7 @@ def test_session_threads_are_reused(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_close_during_a_handshake_lets_it_finish_then_421s(start_server) -> None:
     rec = Recorder()
     server = start_server(rec, close_timeout=0.2)
-    client = RawClient(server.port)
-    assert client.reply()[0] == 220
-    client.expect("EHLO c.test", 250)
-    client.expect("STARTTLS", 220)
+    client = before_handshake(server.port)
     server.begin_close()
     time.sleep(0.6)  # the server gave up waiting and woke its idle sessions: not this handshake
     client.start_tls(unverified_context())

@@ -18,6 +18,7 @@ from smtpproto_adapters import SMTPError
 from .clients import (
     MemoryTLSClient,
     RawClient,
+    before_handshake,
     certificate_common_name,
     unverified_context,
     wait_until,
@@ -357,10 +358,7 @@ def test_a_command_in_the_same_write_as_the_handshake_finished(start_server) -> 
     # answered, not left in the TLS layer until the client sends more.
     rec = Recorder()
     server = start_server(rec)
-    plain = RawClient(server.port)
-    assert plain.reply()[0] == 220
-    plain.expect("EHLO c.test", 250)
-    plain.expect("STARTTLS", 220)
+    plain = before_handshake(server.port)
     sock = plain.sock
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = unverified_context().wrap_bio(incoming, outgoing)
@@ -387,10 +385,7 @@ def test_a_command_in_the_same_write_as_the_handshake_finished(start_server) -> 
 def test_a_failed_handshake_still_sends_its_alert(start_server) -> None:
     rec = Recorder()
     server = start_server(rec)
-    client = RawClient(server.port)
-    assert client.reply()[0] == 220
-    client.expect("EHLO c.test", 250)
-    client.expect("STARTTLS", 220)
+    client = before_handshake(server.port)
     client.send(b"\x16\x03\x01\x00\x05garbage that is no ClientHello\r\n")
     assert client.rest()[:1] == b"\x15"  # OpenSSL's alert record goes out before the close
     client.close()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .clients import Flood, RawClient, starttls_client, wait_until
+from .clients import Flood, before_handshake, starttls_client, wait_until
 from .conftest import BACKENDS, Recorder
 
 pytestmark = pytest.mark.parametrize("backend", [BACKENDS["trio"]], ids=["trio"])
@@ -83,10 +83,7 @@ def test_a_tls_client_that_never_reads_its_replies_is_cut_off(start_server) -> N
 def test_a_handshake_that_never_comes_times_out(start_server) -> None:
     rec = Recorder()
     server = start_server(rec, socket_timeout=TIMEOUT)
-    client = RawClient(server.port)
-    assert client.reply()[0] == 220
-    client.expect("EHLO c.test", 250)
-    client.expect("STARTTLS", 220)
+    client = before_handshake(server.port)
     started = time.monotonic()
     assert client.at_eof()
     assert time.monotonic() - started >= TIMEOUT * 0.9
